@@ -1,0 +1,1 @@
+"""The study driver: CLI, config, Tune/Optuna wiring, MLflow tracking and reports."""

@@ -1,0 +1,99 @@
+"""The study plan, checked against the cluster before anything is launched.
+
+An infeasible plan (a worker larger than every node, GPUs where there are none, more workers
+than the cluster holds) is an error naming what is missing: Ray would otherwise wait forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from study.config import StudyConfig
+from trainables.data import pool_size, regime_size
+
+
+class PlanError(RuntimeError):
+    """The resources asked for cannot be met; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Node:
+    cpus: float
+    gpus: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    regimes: list[tuple[str, float, int]]  # (name, fraction, images)
+    trials_per_regime: int
+    confirmation_trials: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    concurrency: int
+
+    @property
+    def total_trials(self) -> int:
+        return len(self.regimes) * self.trials_per_regime + self.confirmation_trials
+
+
+def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
+    """How many trials fit at once; raises PlanError when not even one does."""
+    r = config.resources
+    if not nodes:
+        raise PlanError("the Ray cluster reports no alive nodes")
+    fitting = [n for n in nodes if n.cpus >= r.cpus_per_worker and n.gpus >= r.gpus_per_worker]
+    total_gpus = sum(n.gpus for n in nodes)
+    if r.gpus_per_worker > 0 and total_gpus == 0:
+        raise PlanError(f"resources.gpus_per_worker={r.gpus_per_worker:g} but the cluster has no GPUs; "
+                        "set resources.gpus_per_worker=0 or run on a GPU cluster (see cluster.yaml)")
+    if not fitting:
+        biggest = max(nodes, key=lambda n: (n.gpus, n.cpus))
+        raise PlanError(f"no node fits one worker ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU); "
+                        f"the largest has {biggest.cpus:g} CPU, {biggest.gpus:g} GPU: lower resources.cpus_per_worker/gpus_per_worker")
+    slots = sum(min(math.floor(n.cpus / r.cpus_per_worker),
+                    math.floor(n.gpus / r.gpus_per_worker) if r.gpus_per_worker else math.inf) for n in fitting)
+    if slots < r.num_workers:
+        raise PlanError(f"resources.num_workers={r.num_workers} needs {r.num_workers * r.cpus_per_worker:g} CPU"
+                        + (f" and {r.num_workers * r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
+                        + f" but the cluster fits only {slots} such worker(s); lower resources.num_workers")
+    concurrency = slots // r.num_workers
+    if r.max_concurrent:
+        concurrency = min(concurrency, r.max_concurrent)
+    return max(1, concurrency)
+
+
+def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
+    """The plan; with `nodes` None (an autoscaling cluster not yet up) concurrency is max_concurrent or 1."""
+    pool = pool_size(config.trial.dataset, config.trial.data_path)
+    regimes = [(config.regime_name(f), f, regime_size(pool, f)) for f in config.regimes]
+    r = config.resources
+    concurrency = check_fits(config, nodes) if nodes is not None else (r.max_concurrent or 1)
+    return Plan(
+        regimes=regimes,
+        trials_per_regime=config.search.trials_per_regime,
+        confirmation_trials=len(regimes) * 2 * config.confirm.seeds,
+        cpus_per_trial=r.num_workers * r.cpus_per_worker,
+        gpus_per_trial=r.num_workers * r.gpus_per_worker,
+        concurrency=concurrency,
+    )
+
+
+def describe(config: StudyConfig, plan: Plan) -> str:
+    r = config.resources
+    lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
+             f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs)"]
+    for name, fraction, images in plan.regimes:
+        lines.append(f"  regime {name}: {fraction:g} of the training set = {images} images")
+    lines += [
+        f"  per trial: {r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
+        f"{config.trial.train.total_kimg:g} kimg, eval every {config.trial.eval.every_kimg:g} kimg",
+        f"  search: {config.search.space} (Optuna TPE, seed {config.search.seed}) on {config.search.metric}; "
+        f"early stopping: {config.scheduler.kind} on {config.scheduler.metric}",
+        f"  concurrency: {plan.concurrency} trial(s) at once",
+        f"  output: {config.output_dir}",
+        f"  tune storage: {config.tune_storage}",
+        f"  optuna storage: sqlite:///{config.output_dir / 'optuna.db'}",
+        f"  tracking: {config.tracking_uri} (experiment {config.experiment_name})",
+    ]
+    return "\n".join(lines)

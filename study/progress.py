@@ -1,0 +1,62 @@
+"""A concise live view of a study: per regime, trials done / running / stopped early, best value, time."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+
+class ProgressCallback(Callback):
+    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, stream=sys.stdout):
+        self.phase = phase
+        self.total = total_trials
+        self.metric = metric
+        self.total_kimg = total_kimg
+        self.stream = stream
+        self.started = time.time()
+        self.running: dict[str, str] = {}
+        self.finished: dict[str, dict] = {}
+        self.best: dict[str, float] = {}
+        self.last_kimg: dict[str, float] = {}
+
+    def _line(self) -> str:
+        elapsed = time.time() - self.started
+        done = len(self.finished)
+        eta = f", about {elapsed / done * (self.total - done) / 60:.1f} min left" if done else ""
+        regimes = sorted({*self.running.values(), *(f["regime"] for f in self.finished.values())})
+        parts = []
+        for regime in regimes:
+            outcomes = [f["status"] for f in self.finished.values() if f["regime"] == regime]
+            best = self.best.get(regime)
+            parts.append(f"{regime}: {len(outcomes)} done ({outcomes.count('stopped')} stopped), "
+                         f"{sum(1 for r in self.running.values() if r == regime)} running"
+                         + (f", best {self.metric} {best:.4g}" if best is not None else ""))
+        return f"[{self.phase} {done}/{self.total} | {elapsed / 60:.1f} min{eta}] " + " | ".join(parts)
+
+    def _print(self) -> None:
+        print(self._line(), file=self.stream, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running[trial.trial_id] = trial.config["regime"]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last_kimg[trial.trial_id] = result.get("kimg", 0.0)
+        value = result.get(self.metric)
+        if isinstance(value, float) and value == value:
+            regime = trial.config["regime"]
+            self.best[regime] = min(self.best.get(regime, value), value)
+
+    def _end(self, trial, status: str) -> None:
+        regime = self.running.pop(trial.trial_id, trial.config["regime"])
+        if status == "done" and self.last_kimg.get(trial.trial_id, 0.0) < self.total_kimg - 1e-6:
+            status = "stopped"
+        self.finished[trial.trial_id] = {"regime": regime, "status": status}
+        self._print()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "error")

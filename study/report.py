@@ -1,0 +1,217 @@
+"""Results and the scaling report: results.parquet, per-regime summaries with seed spread, plots.
+
+Everything is built from the tracking records the driver kept for each trial (one per trial,
+across resumes), so the table covers every trial exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from study.config import StudyConfig
+
+FINAL_METRICS = ("fid", "fid_test", "loss_gap", "train_loss", "test_loss", "memorization", "leakage", "fid_floor", "img_per_sec")
+SUMMARY_METRICS = ("fid", "fid_test", "loss_gap", "memorization", "leakage")
+
+
+def _records(output: Path) -> list[dict]:
+    records = []
+    for phase in ("search", "confirm"):
+        path = output / f"mlflow_runs_{phase}.json"
+        if path.exists():
+            for trial_id, record in json.loads(path.read_text()).items():
+                records.append({"trial_id": trial_id, **record})
+    return records
+
+
+def _value(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[dict]:
+    from trainables.data import regime_size
+
+    rows = []
+    for record in records:
+        suggestion, history = record["suggestion"], record.get("history", [])
+        last = history[-1] if history else {}
+        row = {
+            "trial_id": record["trial_id"],
+            "phase": record["phase"],
+            "regime": suggestion["regime"],
+            "regime_fraction": suggestion["regime_fraction"],
+            "images_in_regime": regime_size(pool, suggestion["regime_fraction"]),
+            "role": suggestion.get("role", ""),
+            "seed": suggestion.get("seed", 0),
+            "optuna_trial": suggestion.get("optuna_trial"),
+            "status": record.get("status", "unfinished"),
+            "failure_reason": record.get("reason", ""),
+            "wall_time_s": (record.get("ended") or record["started"]) - record["started"],
+            "kimg": last.get("kimg"),
+            "mlflow_run_id": record["run_id"],
+        }
+        for name in FINAL_METRICS:
+            value = last.get(name)
+            row[name] = float(value) if isinstance(value, (int, float)) else None
+        for name in ("fid", "loss_gap", "test_loss"):
+            values = [h[name] for h in history if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
+            row[f"best_{name}"] = min(values) if values else None
+        for key, value in record.get("params", {}).items():
+            row[f"param.{key}"] = _value(value)
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    columns = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("param."), k))
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per regime: confirmed best ScoreAug vs baseline, mean and spread over seeds, and whether the gap exceeds it."""
+    from scipy import stats
+
+    out = []
+    confirm = [r for r in rows if r["phase"] == "confirm" and r["status"] == "completed"]
+    for regime in sorted({r["regime"] for r in rows}, key=lambda name: next(r["regime_fraction"] for r in rows if r["regime"] == name)):
+        mine = [r for r in confirm if r["regime"] == regime]
+        any_row = next(r for r in rows if r["regime"] == regime)
+        entry = {"regime": regime, "regime_fraction": any_row["regime_fraction"], "images_in_regime": any_row["images_in_regime"]}
+        for role in ("best", "baseline"):
+            group = [r for r in mine if r["role"] == role]
+            entry[f"{role}_seeds"] = len(group)
+            for metric in SUMMARY_METRICS:
+                values = np.array([r[metric] for r in group if r[metric] is not None], dtype=float)
+                entry[f"{role}_{metric}_mean"] = float(values.mean()) if values.size else None
+                entry[f"{role}_{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+        floors = [r["fid_floor"] for r in mine if r["fid_floor"] is not None]
+        entry["fid_floor"] = float(np.mean(floors)) if floors else None
+        b, s = entry.get("baseline_fid_mean"), entry.get("best_fid_mean")
+        entry["fid_relative_improvement"] = (b - s) / b if b and s is not None else None
+        best_f = [r["fid"] for r in mine if r["role"] == "best" and r["fid"] is not None]
+        base_f = [r["fid"] for r in mine if r["role"] == "baseline" and r["fid"] is not None]
+        if len(best_f) >= 2 and len(base_f) >= 2:
+            entry["fid_welch_p"] = float(stats.ttest_ind(best_f, base_f, equal_var=False).pvalue)
+            spread = (entry["best_fid_std"] or 0) + (entry["baseline_fid_std"] or 0)
+            entry["fid_difference_exceeds_spread"] = bool(abs(b - s) > spread)
+        else:
+            entry["fid_welch_p"] = None
+            entry["fid_difference_exceeds_spread"] = None
+        out.append(entry)
+    return out
+
+
+def _fmt(mean, std) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def summary_markdown(summary: list[dict], notes: list[str]) -> str:
+    lines = ["| regime | images | FID baseline | FID best ScoreAug | FID floor | FID test baseline | FID test best | "
+             "loss gap baseline | loss gap best | memorization base / best | leakage base / best | rel. FID gain | exceeds spread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        rel = e.get("fid_relative_improvement")
+        lines.append(
+            f"| {e['regime']} | {e['images_in_regime']} | {_fmt(e['baseline_fid_mean'], e['baseline_fid_std'])} | "
+            f"{_fmt(e['best_fid_mean'], e['best_fid_std'])} | {_fmt(e['fid_floor'], None)} | "
+            f"{_fmt(e['baseline_fid_test_mean'], e['baseline_fid_test_std'])} | {_fmt(e['best_fid_test_mean'], e['best_fid_test_std'])} | "
+            f"{_fmt(e['baseline_loss_gap_mean'], e['baseline_loss_gap_std'])} | {_fmt(e['best_loss_gap_mean'], e['best_loss_gap_std'])} | "
+            f"{_fmt(e['baseline_memorization_mean'], None)} / {_fmt(e['best_memorization_mean'], None)} | "
+            f"{_fmt(e['baseline_leakage_mean'], None)} / {_fmt(e['best_leakage_mean'], None)} | "
+            f"{'n/a' if rel is None else f'{rel:+.1%}'} | {e['fid_difference_exceeds_spread']} |")
+    lines.append("")
+    lines.append("Means ± sample standard deviation over confirmation seeds; FID compared only at equal sample count and feature space.")
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(summary: list[dict], records: list[dict], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    sizes = [e["images_in_regime"] for e in summary]
+    for metric, label in (("fid", "FID"), ("loss_gap", "loss gap (test - train)"), ("fid_test", "FID vs held-out")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for role, name in (("baseline", "baseline (EDM)"), ("best", "best ScoreAug")):
+            means = [e.get(f"{role}_{metric}_mean") for e in summary]
+            stds = [e.get(f"{role}_{metric}_std") or 0.0 for e in summary]
+            points = [(x, m, s) for x, m, s in zip(sizes, means, stds) if m is not None]
+            if points:
+                xs, ms, ss = zip(*points)
+                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / f"{metric}_vs_size.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for record in records:
+        if record["phase"] != "confirm" or record["suggestion"].get("seed") != min(r["suggestion"].get("seed", 0) for r in records if r["phase"] == "confirm"):
+            continue
+        history = [h for h in record.get("history", []) if "loss_gap" in h]
+        if history:
+            style = "-" if record["suggestion"]["role"] == "best" else "--"
+            ax.plot([h["kimg"] for h in history], [h["loss_gap"] for h in history], style,
+                    label=f"{record['suggestion']['regime']} {record['suggestion']['role']}")
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("loss gap")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = folder / "loss_gap_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def best_configs(config: StudyConfig, rows: list[dict], folder: Path) -> list[Path]:
+    paths = []
+    search = [r for r in rows if r["phase"] == "search" and r["status"] == "completed" and r["role"] != "baseline"
+              and r.get(config.search.metric) is not None]
+    for regime in sorted({r["regime"] for r in search}):
+        best = min((r for r in search if r["regime"] == regime), key=lambda r: r[config.search.metric])
+        params = {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")}
+        path = folder / f"best_config_{regime}.json"
+        path.write_text(json.dumps({"trial_id": best["trial_id"], config.search.metric: best[config.search.metric], "config": params}, indent=1))
+        paths.append(path)
+    return paths
+
+
+def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, log=print) -> None:
+    from trainables.data import pool_size
+
+    records = _records(output)
+    rows = results_rows(config, records, pool_size(config.trial.dataset, config.trial.data_path))
+    pq.write_table(_table(rows), output / "results.parquet")
+    report = output / "report"
+    report.mkdir(exist_ok=True)
+    summary = summarize(rows)
+    pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
+    notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
+    markdown = summary_markdown(summary, notes)
+    (report / "summary.md").write_text(markdown)
+    artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md"]
+    artifacts += _plots(summary, records, report)
+    artifacts += best_configs(config, rows, report)
+    for path in artifacts:
+        client.log_artifact(parent_run_id, str(path), "report" if path.parent == report else None)
+    log(markdown)

@@ -1,0 +1,58 @@
+"""`python study/run.py`: run a ScoreAug study (default: study/configs/demo.yaml, offline, a few minutes on 2 CPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from study.config import ConfigError, load_study_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python study/run.py", description=__doc__)
+    parser.add_argument("--config", help="study YAML (default: study/configs/demo.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value, e.g. --set search.trials_per_regime=8 (repeatable)")
+    parser.add_argument("--address", help="Ray cluster: 'auto' or ray://host:port (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study in the same output folder")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; start nothing")
+    parser.add_argument("--output", help="output folder (default: ./studies/<name>)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+    try:
+        config = load_study_config(args.config, overrides)
+        from study.plan import PlanError, describe, make_plan
+        from study.runner import StudyError, local_nodes, run_study
+        from study.tracking import TrackingError
+        from trainables.data import DatasetError
+
+        if args.dry_run:
+            remote = bool(args.address) or config.resources.autoscaling
+            print(describe(config, make_plan(config, None if remote else local_nodes(config))))
+            if remote:
+                print("  (resources are checked against the cluster at launch)")
+            return 0
+        output = run_study(config, address=args.address, resume=args.resume)
+        print(f"done: {output / 'results.parquet'}, report in {output / 'report'}; "
+              f"browse with: mlflow ui --backend-store-uri {config.tracking_uri}")
+        return 0
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+    except (PlanError, StudyError, TrackingError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; continue with: python study/run.py --resume (same config)", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Runs a study: connect tracking, start or join Ray, search every regime, confirm, report.
+
+The phases are resumable: `study_state.json` in the output folder records the parent MLflow run
+and the phase reached; Tune's own experiment state resumes unfinished trials from checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from study.config import StudyConfig
+from study.confirm import FixedSearcher, confirmation_suggestions
+from study.plan import Node, describe, make_plan
+from study.progress import ProgressCallback
+from study.searcher import RegimeSearcher
+from study.tracking import MlflowTrialCallback, connect, start_parent_run
+from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable
+
+STATE_FILE = "study_state.json"
+
+
+class StudyError(RuntimeError):
+    """A study-level problem worded for one line on stderr."""
+
+
+def search_fingerprint(config: StudyConfig) -> str:
+    """What a resumed study must share with the original: everything but the output and tracking locations."""
+    relevant = config.model_dump(exclude={"output", "tracking", "storage_path"})
+    relevant["resources"] = {k: v for k, v in relevant["resources"].items() if k in ("num_workers",)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_state(output: Path, config: StudyConfig, resume: bool) -> dict:
+    path = output / STATE_FILE
+    if path.exists():
+        state = json.loads(path.read_text())
+        if not resume:
+            raise StudyError(f"{output} already holds study {state.get('name')!r}; pass --resume to continue it, "
+                             "or choose another --output or name")
+        if state["fingerprint"] != search_fingerprint(config):
+            raise StudyError(f"the config differs from the one {output} was started with (search space, regimes, budget "
+                             "or trial settings changed); resume with the original config or start a new study")
+        return state
+    if resume:
+        raise StudyError(f"nothing to resume in {output}: no {STATE_FILE}; run without --resume to start the study")
+    return {"name": config.name, "fingerprint": search_fingerprint(config), "phase": "search"}
+
+
+def _save_state(output: Path, state: dict) -> None:
+    tmp = output / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, output / STATE_FILE)
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int):
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False)
+        if TRIAL_DRIVER_RESOURCE not in ray.cluster_resources():
+            raise StudyError(f"the cluster at {address or os.environ['RAY_ADDRESS']} has no {TRIAL_DRIVER_RESOURCE!r} "
+                             "resource; start its head with --resources='{\"trial_driver\": 64}' (cluster.yaml does)")
+        return
+    cpus = config.resources.num_cpus or os.cpu_count() or 1
+    # The dashboard must run: Tune frees an early-stopped trial's worker placement group through its state API.
+    ray.init(num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
+
+
+def cluster_nodes() -> list[Node]:
+    import ray
+
+    return [Node(cpus=n["Resources"].get("CPU", 0.0), gpus=n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n["Alive"]]
+
+
+def local_nodes(config: StudyConfig) -> list[Node]:
+    import torch
+
+    return [Node(cpus=float(config.resources.num_cpus or os.cpu_count() or 1), gpus=float(torch.cuda.device_count()))]
+
+
+def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples, concurrency, resume):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    path = f"{config.tune_storage.rstrip('/')}/{name}"
+    trainable = tune.with_resources(trainable, {"CPU": 0, TRIAL_DRIVER_RESOURCE: 1})
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                                    scheduler=scheduler, num_samples=num_samples, reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=config.tune_storage, callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
+    """Run (or resume) the whole study; returns the output folder."""
+    import ray
+    from ray.tune.schedulers import ASHAScheduler
+
+    output = config.output_dir
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise StudyError(f"cannot write to output folder {output}: {err.strerror}; choose another with --output") from None
+    state = _load_state(output, config, resume)
+    plan = make_plan(config, None if address or os.environ.get("RAY_ADDRESS") or config.resources.autoscaling else local_nodes(config))
+
+    client, experiment_id = connect(config.tracking_uri, config.experiment_name, output / "mlartifacts")
+    parent = start_parent_run(client, experiment_id, config.name,
+                              {"git_commit": _git_commit(), "dataset": config.trial.dataset}, state.get("parent_run_id"))
+    state["parent_run_id"] = parent
+    _save_state(output, state)
+    (output / "study_config.yaml").write_text(_yaml(config))
+    client.log_artifact(parent, str(output / "study_config.yaml"))
+    log(describe(config, plan))
+
+    _start_ray(config, address, plan.concurrency)
+    try:
+        if address or os.environ.get("RAY_ADDRESS"):
+            plan = make_plan(config, cluster_nodes())
+        base_trial = config.trial.model_dump()
+        resources = config.resources.model_dump()
+        trainable = make_trainable(base_trial, resources, config.tune_storage)
+        regimes = {name: fraction for name, fraction, _ in plan.regimes}
+        storage_url = f"sqlite:///{output / 'optuna.db'}"
+        base_dropout = config.trial.resolved_model()["dropout"]
+        total_kimg = config.trial.train.total_kimg
+        metric = config.search.metric
+
+        def callbacks(phase: str, total: int):
+            return [MlflowTrialCallback(config.tracking_uri, experiment_id, parent, output / f"mlflow_runs_{phase}.json",
+                                        phase, total_kimg, base_trial),
+                    ProgressCallback(phase, total, metric, total_kimg)]
+
+        searcher = RegimeSearcher(regimes, config.search.space, storage_url, config.name, config.search.trials_per_regime,
+                                  config.search.seed, metric, base_dropout, total_kimg)
+        if state["phase"] == "search":
+            scheduler = None
+            if config.scheduler.kind == "asha":
+                scheduler = ASHAScheduler(time_attr="kimg", metric=config.scheduler.metric, mode="min", max_t=total_kimg,
+                                          grace_period=min(config.scheduler.grace_kimg, total_kimg),
+                                          reduction_factor=config.scheduler.reduction_factor)
+            n_search = len(regimes) * config.search.trials_per_regime
+            _tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
+                   plan.concurrency, resume).fit()
+            searcher.close_orphans()
+            state["phase"] = "confirm"
+            _save_state(output, state)
+
+        if state["phase"] == "confirm":
+            suggestions, notes = confirmation_suggestions(regimes, storage_url, config.name, config.confirm.seeds,
+                                                          config.confirm.seed_offset, base_dropout)
+            for note in notes:
+                log(note)
+            if suggestions:
+                _tuner(config, trainable, FixedSearcher(suggestions, metric), None, callbacks("confirm", len(suggestions)),
+                       "confirm", len(suggestions), plan.concurrency, resume).fit()
+            state["phase"] = "report"
+            _save_state(output, state)
+    finally:
+        ray.shutdown()
+
+    from study.report import write_report
+
+    write_report(config, output, client, parent, log)
+    client.set_terminated(parent, "FINISHED")
+    state["phase"] = "done"
+    _save_state(output, state)
+    return output
+
+
+def _yaml(config: StudyConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -1,0 +1,207 @@
+"""MLflow tracking as DESIGN.md lays it out: one experiment per study, a parent run, one child run per trial.
+
+All trial logging happens in the driver, in a Tune callback: code after `trainer.fit()` never runs
+for a trial that Tune stops early, but callbacks always do. Calls that fail (a tracking outage)
+are queued, retried on the next event and at the end, and counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from trainables.config import flatten
+
+CONTRACT_METRICS = ("kimg", "train_loss", "test_loss", "loss_gap", "fid", "fid_test", "leakage", "memorization", "img_per_sec")
+SUMMARY_METRICS = ("fid_floor",)
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached at study start."""
+
+
+def nimg_step(kimg: float) -> int:
+    """MLflow steps are integers: the kimg axis in images (kimg x 1000)."""
+    return int(round(kimg * 1000))
+
+
+def connect(uri: str, experiment: str, artifact_root: Path) -> tuple[MlflowClient, str]:
+    """Client and experiment id; an unreachable server fails here, before any trial starts."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        location = artifact_root.as_uri() if "://" not in str(artifact_root) else str(artifact_root)
+        if uri.startswith("http"):
+            location = None  # the server decides (its --artifacts-destination)
+        return client, client.create_experiment(experiment, artifact_location=location)
+    except Exception as err:
+        raise TrackingError(f"MLflow tracking at {uri} is unreachable or refused the experiment: {str(err).splitlines()[0][:200]}") from None
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, study_name: str, tags: dict, run_id: str | None) -> str:
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(experiment_id, run_name=study_name, tags={"study": study_name, **tags})
+    return run.info.run_id
+
+
+def _param_value(value) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+class MlflowTrialCallback(Callback):
+    """Creates, fills and closes one child run per Tune trial; reuses runs across `--resume`."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, state_file: Path, phase: str,
+                 total_kimg: float, base_trial: dict):
+        self.uri = uri
+        self.base_trial = base_trial
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.state_file = Path(state_file)
+        self.phase = phase
+        self.total_kimg = total_kimg
+        self.runs: dict[str, dict] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.pending: list[tuple[str, tuple]] = []
+        self.failed_calls = 0
+        self._client = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _save_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runs, indent=1))
+        tmp.replace(self.state_file)
+
+    def _call(self, name: str, *args) -> bool:
+        self._flush()
+        if self.pending:
+            self.pending.append((name, args))
+            return False
+        return self._try(name, args)
+
+    def _try(self, name: str, args: tuple) -> bool:
+        try:
+            getattr(self.client, name)(*args)
+            return True
+        except Exception:
+            self.failed_calls += 1
+            self.pending.append((name, args))
+            return False
+
+    def _flush(self) -> None:
+        while self.pending:
+            name, args = self.pending[0]
+            try:
+                getattr(self.client, name)(*args)
+            except Exception:
+                return
+            self.pending.pop(0)
+
+    def run_for(self, trial) -> str:
+        record = self.runs.get(trial.trial_id)
+        if record:
+            return record["run_id"]
+        suggestion = trial.config
+        from study.trial import trial_config
+
+        params = flatten(trial_config(self.base_trial, suggestion))
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "regime": suggestion["regime"],
+            "trial_id": trial.trial_id,
+            "searcher": "optuna-tpe" if self.phase == "search" else "confirmation",
+            "phase": self.phase,
+            "role": suggestion.get("role", ""),
+            "optuna_trial": str(suggestion.get("optuna_trial", "")),
+        }
+        run = self.client.create_run(self.experiment_id, run_name=f"{suggestion['regime']}-{trial.trial_id}", tags=tags)
+        run_id = run.info.run_id
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 90):
+            self._call("log_batch", run_id, [], items[start : start + 90], [])
+        self.runs[trial.trial_id] = {"run_id": run_id, "last_step": -1, "phase": self.phase, "suggestion": suggestion,
+                                     "params": params, "history": [], "started": time.time()}
+        self._save_state()
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(trial)
+        record = self.runs[trial.trial_id]
+        step = nimg_step(result.get("kimg", 0.0))
+        if step <= record["last_step"]:
+            return  # a resumed trial re-reporting an eval point already logged
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS if isinstance(result.get(k), (int, float))]
+        self._call("log_batch", run_id, metrics, [], [])
+        checkpoint = result.get("checkpoint_path")
+        if checkpoint:
+            self._log_grid(run_id, checkpoint, step)
+        record["last_step"] = step
+        record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS, "diverged", "error") if k in result}
+        record["history"].append(record["last_result"])
+        self._save_state()
+
+    def _log_grid(self, run_id: str, checkpoint_path: str, step: int) -> None:
+        import pyarrow.fs as pafs
+
+        from trainables.checkpoint import SAMPLE_GRID
+
+        try:
+            fs, path = pafs.FileSystem.from_uri(checkpoint_path) if "://" in checkpoint_path else (pafs.LocalFileSystem(), checkpoint_path)
+            with fs.open_input_stream(f"{path}/{SAMPLE_GRID}") as stream:
+                data = stream.read()
+        except (OSError, FileNotFoundError):
+            return
+        import tempfile
+
+        local = Path(tempfile.mkdtemp()) / f"kimg-{step:09d}.png"
+        local.write_bytes(data)
+        self._call("log_artifact", run_id, str(local), "samples")
+
+    def _finish(self, trial, failed: bool, reason: str = "") -> None:
+        run_id = self.run_for(trial)
+        record = self.runs[trial.trial_id]
+        last = record.get("last_result", {})
+        if failed:
+            status = "failed"
+        elif last.get("diverged"):
+            status, reason = "diverged", last.get("error", "non-finite loss")
+        elif last.get("kimg", 0.0) < self.total_kimg - 1e-6:
+            status = "early_stopped"
+        else:
+            status = "completed"
+        record.update(status=status, reason=reason[:500], ended=time.time())
+        tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
+        self._call("log_batch", run_id, [], [], tags)
+        self._call("set_terminated", run_id, "FAILED" if status in ("failed", "diverged") else "FINISHED")
+        self._save_state()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = getattr(trial, "error_file", None)
+        reason = ""
+        if error and Path(error).exists():
+            reason = Path(error).read_text().strip().splitlines()[-1]
+        self._finish(trial, failed=True, reason=reason or "trial raised an error")
+
+    def on_experiment_end(self, trials, **info):
+        self._flush()

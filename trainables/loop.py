@@ -1,0 +1,285 @@
+"""The worker loop: init, resume, train, evaluate, checkpoint, report. One function for Ray Train and in-process runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainables.checkpoint import SAMPLE_GRID, load_checkpoint, save_checkpoint
+from trainables.config import TrialConfig
+from trainables.data import ImageDataset, load_dataset, regime_indices, to_signed, to_uint8
+from trainables.loss import AUG_DIM, ScoreAugLoss
+from trainables.metrics import DenoisingProbe, memorization, save_grid
+from trainables.networks import build_denoiser, count_parameters
+from trainables.sampler import heun_sample, seeded_latents
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial stops and says at which kimg."""
+
+    def __init__(self, message: str, kimg: float):
+        super().__init__(message)
+        self.kimg = kimg
+
+
+@dataclass
+class TrainState:
+    nimg: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def kimg(self) -> float:
+        return self.nimg / 1000.0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    return net.module if hasattr(net, "module") else net
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class Evaluator:
+    """Everything an eval point measures, built once per trial so its inputs are fixed."""
+
+    def __init__(self, config: TrialConfig, dataset: ImageDataset, regime: torch.Tensor, device: torch.device):
+        ev = config.eval
+        self.config = config
+        self.dataset = dataset
+        self.regime_images = dataset.train[regime]
+        self.shape = tuple(dataset.train.shape[1:])
+        train_probe = to_signed(self.regime_images[: ev.loss_images]).to(device)
+        test_probe = to_signed(dataset.test[: ev.loss_images]).to(device)
+        sd = config.diffusion.sigma_data
+        self.train_probe = DenoisingProbe(train_probe, ev.loss_sigmas, sd, seed=ev.seed)
+        self.test_probe = DenoisingProbe(test_probe, ev.loss_sigmas, sd, seed=ev.seed + 1)
+        self.device = device
+        self._fid = None
+
+    def fid_evaluator(self):
+        if self._fid is None and self.config.eval.fid:
+            from trainables.fid import FidEvaluator, default_feature_space
+
+            ev, rt = self.config.eval, self.config.runtime
+            self._fid = FidEvaluator(
+                self.dataset,
+                ev.fid_features or default_feature_space(self.dataset.name),
+                ev.num_samples,
+                cache_dir=rt.cache_dir,
+                weights_path=ev.fid_weights,
+                device=self.device,
+            )
+        return self._fid
+
+    def generate(self, net, count: int, rank: int, world: int) -> torch.Tensor:
+        """Fixed-seed samples, split across ranks and gathered, so the set does not depend on the worker count."""
+        ev = self.config.eval
+        seeds = range(ev.seed * 1_000_000 + rank, ev.seed * 1_000_000 + count, world)
+        mine = []
+        for start in range(0, len(seeds), 256):
+            latents = seeded_latents(seeds[start : start + 256], self.shape, self.device)
+            mine.append(to_uint8(heun_sample(net, latents, ev.sampler_steps, self.config.diffusion, AUG_DIM)))
+        local = torch.cat(mine) if mine else torch.zeros((0, *self.shape), dtype=torch.uint8, device=self.device)
+        if world == 1:
+            return local
+        padded = torch.zeros((math.ceil(count / world), *self.shape), dtype=torch.uint8, device=self.device)
+        padded[: local.shape[0]] = local
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        order = torch.stack(gathered, dim=1).flatten(0, 1)  # interleave back to seed order
+        return order[:count]
+
+    def losses(self, net) -> dict:
+        train_loss = self.train_probe.loss(net, AUG_DIM)
+        test_loss = self.test_probe.loss(net, AUG_DIM)
+        return {"train_loss": train_loss, "test_loss": test_loss, "loss_gap": test_loss - train_loss}
+
+    def sample_metrics(self, samples: torch.Tensor) -> dict:
+        metrics = {"memorization": memorization(samples, self.regime_images)}
+        fid = self.fid_evaluator()
+        if fid is not None:
+            metrics.update(fid.evaluate(samples))
+            metrics["fid_floor"] = fid.floor()
+            from trainables.fid import leakage
+
+            value = leakage(samples, self.dataset.name, self.device)
+            if value is not None:
+                metrics["leakage"] = value
+        return metrics
+
+
+def _ema_beta(config: TrialConfig, nimg: int, batch: int) -> float:
+    halflife = config.train.ema_halflife_kimg * 1000
+    if config.train.ema_rampup_ratio is not None:
+        halflife = min(halflife, nimg * config.train.ema_rampup_ratio)
+    return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
+    """Train one trial to `train.total_kimg`, reporting every eval point through `session`; returns the reports."""
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    device = session.device
+    rank, world = session.rank, session.world_size
+    tc, ev = config.train, config.eval
+
+    dataset = load_dataset(config.dataset, config.data_path, config.resolution)
+    regime = regime_indices(dataset.train.shape[0], config.regime_fraction, config.subset_seed)
+    pool = dataset.train[regime].to(device)
+
+    torch.manual_seed(config.seed)
+    arch = config.resolved_model()
+    net = build_denoiser(dataset.resolution, dataset.channels, AUG_DIM, **arch).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+    loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+    state = TrainState()
+    generators = {"batch": _seeded(config.seed, rank, 1), "loss": _seeded(config.seed, rank, 2)}
+
+    resume_dir = session.latest_checkpoint()
+    if resume_dir is not None:
+        saved = load_checkpoint(resume_dir, map_location=device)
+        net.load_state_dict(saved["net"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state.nimg, state.step = int(saved["nimg"]), int(saved["step"])
+        rng = saved.get("rng", {})
+        if rng.get("world_size") == world:
+            for name, gen in generators.items():
+                gen.set_state(rng[name][rank])
+        else:  # a different worker count: fresh, still deterministic streams
+            generators = {"batch": _seeded(config.seed, rank, 1, state.step), "loss": _seeded(config.seed, rank, 2, state.step)}
+        session.truncate_metrics(state.kimg)
+        if rank == 0:
+            log(f"resumed from {resume_dir} at kimg {state.kimg:.3f}")
+    if rank == 0:
+        log(f"{config.dataset}: {pool.shape[0]} training images (regime {config.regime_fraction:g}), "
+            f"network {count_parameters(net) / 1e6:.3f} M parameters, device {device}, {world} worker(s)")
+
+    ddp = session.prepare(net)
+    if config.runtime.compile and device.type == "cuda":
+        ddp = torch.compile(ddp)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.runtime.bf16 and device.type == "cuda")
+    evaluator = Evaluator(config, dataset, regime, device)
+
+    local_batch = max(1, tc.batch_size // world)
+    global_batch = local_batch * world
+    total_nimg = int(round(tc.total_kimg * 1000))
+    eval_nimg = max(global_batch, int(round(ev.every_kimg * 1000)))
+    next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
+    train_seconds, train_images = 0.0, 0
+    reports = []
+
+    while state.nimg < total_nimg:
+        started = time.perf_counter()
+        ddp.train()
+        index = torch.randint(pool.shape[0], (local_batch,), generator=generators["batch"]).to(device)
+        images = to_signed(pool[index])
+        with autocast:
+            loss = loss_fn(ddp, images, generators["loss"]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        observed = loss.detach()
+        if world > 1 and _distributed():  # every rank must see the same verdict, or DDP hangs
+            observed = observed.clone()
+            dist.all_reduce(observed)
+        if not torch.isfinite(observed):
+            raise TrainingDiverged(f"training loss is {observed.item()} at kimg {state.kimg:.3f}", state.kimg)
+        lr_scale = min(state.nimg / max(tc.lr_rampup_kimg * 1000, 1e-8), 1.0) if tc.lr_rampup_kimg > 0 else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * max(lr_scale, 1e-8)
+        optimizer.step()
+        state.nimg += global_batch
+        state.step += 1
+        beta = _ema_beta(config, state.nimg, global_batch)
+        with torch.no_grad():
+            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p_net.detach(), 1 - beta)
+            for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+                b_ema.copy_(b_net)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - started
+        train_images += global_batch
+
+        final = state.nimg >= total_nimg
+        if state.nimg >= next_eval or final:
+            next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
+            metrics = {"kimg": state.kimg, "img_per_sec": train_images / max(train_seconds, 1e-9)}
+            train_seconds, train_images = 0.0, 0
+            metrics.update(_evaluate(evaluator, ema, final or ev.fid_at == "every", rank, world))
+            if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)) and rank == 0:
+                log(f"warning: non-finite eval metrics at kimg {state.kimg:.3f}: {metrics}")
+            checkpoint_dir = None
+            if rank == 0:
+                checkpoint_dir = session.scratch_dir()
+                _save(checkpoint_dir, config, net, ema, optimizer, state, generators, world, metrics.pop("_grid"))
+                log(_format(metrics))
+            else:
+                metrics.pop("_grid", None)
+                _gather_rng(generators, world)
+            session.report(metrics, checkpoint_dir)
+            reports.append(metrics)
+    return reports
+
+
+def _evaluate(evaluator: Evaluator, ema, with_samples: bool, rank: int, world: int) -> dict:
+    ev = evaluator.config.eval
+    count = max(ev.num_samples, ev.grid_images) if with_samples else ev.grid_images
+    samples = evaluator.generate(ema, count, rank, world)
+    metrics = {"_grid": samples[: ev.grid_images]}
+    if rank == 0:
+        metrics.update(evaluator.losses(ema))
+        if with_samples:
+            metrics.update(evaluator.sample_metrics(samples[: ev.num_samples]))
+    return metrics
+
+
+def _gather_rng(generators: dict, world: int) -> dict:
+    """Every rank's generator states, so a resumed run continues each rank's stream exactly."""
+    states = {name: [gen.get_state()] for name, gen in generators.items()}
+    if world > 1 and _distributed():
+        for name, gen in generators.items():
+            gathered = [None] * world
+            dist.all_gather_object(gathered, gen.get_state())
+            states[name] = gathered
+    return states
+
+
+def _save(directory: Path, config, net, ema, optimizer, state, generators, world, grid) -> None:
+    rng = _gather_rng(generators, world)
+    rng["world_size"] = world
+    save_checkpoint(
+        {
+            "net": _unwrap(net).state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "nimg": state.nimg,
+            "step": state.step,
+            "rng": rng,
+            "config": json.dumps(config.model_dump()),
+        },
+        directory,
+    )
+    save_grid(grid, directory / SAMPLE_GRID)
+
+
+def _format(metrics: dict) -> str:
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    return f"eval {shown}"

@@ -1,0 +1,76 @@
+"""Evaluation metrics that need no feature network: fixed-grid denoising losses, memorization, sample grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.loss import edm_weight
+
+
+class DenoisingProbe:
+    """EDM-weighted denoising loss on fixed images, at fixed noise levels with fixed noise.
+
+    Built once per trial, so every eval point (and every trial, given the same eval seed) sees
+    exactly the same (image, sigma, noise) triples: the loss differences come from the network alone.
+    """
+
+    def __init__(self, images: torch.Tensor, sigmas: list[float], sigma_data: float, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = images
+        self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        self.noise = torch.randn((len(sigmas), *images.shape), generator=generator)
+        self.sigma_data = sigma_data
+
+    @torch.no_grad()
+    def loss(self, net, aug_dim: int, batch_size: int = 512) -> float:
+        device = self.images.device
+        labels = torch.zeros(self.images.shape[0], aug_dim, device=device)
+        total = 0.0
+        for sigma, noise in zip(self.sigmas, self.noise):
+            sigma_vec = sigma.to(device).expand(self.images.shape[0])
+            noisy = self.images + noise.to(device) * sigma
+            for start in range(0, self.images.shape[0], batch_size):
+                part = slice(start, start + batch_size)
+                denoised = net(noisy[part], sigma_vec[part], labels[part]).float()
+                total += (edm_weight(sigma, self.sigma_data) * (denoised - self.images[part]) ** 2).mean((1, 2, 3)).sum().item()
+        return total / (len(self.sigmas) * self.images.shape[0])
+
+
+def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = 1.0 / 3.0) -> float:
+    """Fraction of samples whose nearest training image is closer than `ratio` times the second nearest (pixel L2)."""
+    if training_images.shape[0] < 2:
+        return float("nan")
+    gen = samples.flatten(1).float()
+    train = training_images.flatten(1).float().to(gen.device)
+    distances = torch.cdist(gen, train)
+    nearest = distances.topk(2, dim=1, largest=False).values
+    return float((nearest[:, 0] < ratio * nearest[:, 1]).float().mean().item())
+
+
+def save_grid(images_uint8: torch.Tensor, path: Path, upscale: int | None = None) -> Path:
+    """A square PNG grid of uint8 images [N, C, H, W]; small images are upscaled so they can be seen."""
+    from PIL import Image
+
+    images = images_uint8.cpu()
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = torch.zeros(c, rows * (h + 1) + 1, cols * (w + 1) + 1, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = images[i]
+    array = canvas.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[..., 0] if c == 1 else array)
+    factor = upscale or max(1, 128 // max(h, w))
+    picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+def is_finite(value: float) -> bool:
+    return bool(np.isfinite(value))

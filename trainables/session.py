@@ -1,0 +1,109 @@
+"""Where a trial runs: in this process (the `trainables.train` command) or as a Ray Train worker.
+
+The worker loop talks only to a session: which rank it is, which device it has, where the last
+checkpoint is, and how to report an eval point. That keeps one loop for both ways of running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from trainables.checkpoint import CHECKPOINT_FILE, SAMPLE_GRID
+
+
+def auto_device(preference: str) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class LocalSession:
+    """One process, no Ray: metrics to DIR/metrics.jsonl, checkpoints to DIR/checkpoints/kimg-XXXXXXX/."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, output: Path, device: str = "auto", keep: int = 2):
+        self.output = Path(output)
+        self.device = auto_device(device)
+        self.keep = keep
+        (self.output / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(p for p in (self.output / "checkpoints").glob("kimg-*") if (p / CHECKPOINT_FILE).is_file())
+        return found[-1] if found else None
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net.to(self.device)
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            name = f"kimg-{int(round(metrics['kimg'] * 1000)):09d}"
+            grid = checkpoint_dir / SAMPLE_GRID
+            if grid.exists():
+                (self.output / "samples").mkdir(exist_ok=True)
+                shutil.copy(grid, self.output / "samples" / f"{name}.png")
+            target = self.output / "checkpoints" / name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(checkpoint_dir), target)
+            for old in sorted((self.output / "checkpoints").glob("kimg-*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        with open(self.output / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+
+    def truncate_metrics(self, kimg: float) -> None:
+        """Drop metric lines past the resumed checkpoint, so the kimg axis has no duplicates."""
+        path = self.output / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["kimg"] <= kimg + 1e-9]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def scratch_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="ckpt-", dir=self.output / "checkpoints"))
+
+
+class RayTrainSession:
+    """A Ray Train worker: DDP through ray.train.torch, checkpoints through ray.train.report."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        import ray.train.torch
+
+        self.device = ray.train.torch.get_device()
+        self._checkpoint = ray.train.get_checkpoint()
+        self._held = None
+
+    def latest_checkpoint(self) -> Path | None:
+        if self._checkpoint is None:
+            return None
+        self._held = self._checkpoint.as_directory()
+        return Path(self._held.__enter__())
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(net)
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def truncate_metrics(self, kimg: float) -> None:
+        """Ray Tune keeps the reported history; the driver de-duplicates by kimg."""
+
+    def scratch_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="scoreaug-ckpt-"))

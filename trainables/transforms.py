@@ -1,0 +1,150 @@
+"""ScoreAug's transforms: per-sample linear maps on image batches, and the labels that describe them.
+
+A draw fixes, for each sample, which transform applies (or none) and its parameters; the same
+draw is then applied to the noisy input and to the clean target. Every transform is linear in
+the image, so T(y + n) = T(y) + T(n). The label of the identity is all zeros, which is also what
+the sampler feeds, so an untransformed sample and a generated one look alike to the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from trainables.config import ALL_TRANSFORMS, AugmentConfig
+
+IDENTITY = -1
+KIND = {name: index for index, name in enumerate(ALL_TRANSFORMS)}
+# Label slots: hflip, vflip, rot90 (sin, cos - 1), translate (dx, dy as fractions), brightness (log s), cutout (side fraction).
+LABEL_DIM = 8
+
+
+@dataclass(frozen=True)
+class TransformDraw:
+    """Per-sample transform parameters; `kind` is IDENTITY or an index into ALL_TRANSFORMS."""
+
+    kind: torch.Tensor  # [N] long
+    rot_k: torch.Tensor  # [N] long, quarter turns counter-clockwise
+    shift: torch.Tensor  # [N, 2] long, (dx, dy) in pixels
+    scale: torch.Tensor  # [N] float, brightness factor
+    cut_size: torch.Tensor  # [N] long, side of the cut square
+    cut_origin: torch.Tensor  # [N, 2] long, (x, y) of its top-left corner
+    size: int  # image side the draw was made for
+    labelled: bool = True
+
+    def to(self, device: torch.device | str) -> "TransformDraw":
+        moved = {f: getattr(self, f).to(device) for f in ("kind", "rot_k", "shift", "scale", "cut_size", "cut_origin")}
+        return TransformDraw(**moved, size=self.size, labelled=self.labelled)
+
+    def is_(self, name: str) -> torch.Tensor:
+        return self.kind == KIND[name]
+
+
+def identity_draw(n: int, size: int, device: torch.device | str = "cpu") -> TransformDraw:
+    zeros = torch.zeros(n, dtype=torch.long, device=device)
+    return TransformDraw(
+        kind=torch.full((n,), IDENTITY, dtype=torch.long, device=device),
+        rot_k=zeros,
+        shift=torch.zeros(n, 2, dtype=torch.long, device=device),
+        scale=torch.ones(n, device=device),
+        cut_size=zeros,
+        cut_origin=torch.zeros(n, 2, dtype=torch.long, device=device),
+        size=size,
+    )
+
+
+def draw_transforms(policy: AugmentConfig, n: int, size: int, generator: torch.Generator) -> TransformDraw:
+    """With probability p per sample, one transform drawn uniformly from the policy's set (on CPU, for determinism)."""
+    enabled = torch.tensor([KIND[name] for name in policy.transforms] or [IDENTITY])
+    applied = torch.rand(n, generator=generator) < policy.p
+    choice = enabled[torch.randint(len(enabled), (n,), generator=generator)]
+    kind = torch.where(applied, choice, torch.full_like(choice, IDENTITY))
+
+    max_shift = max(1, round(policy.translate_max * size))
+    log_b = math.log(policy.brightness_max)
+    cut_lo = max(1, round(policy.cutout_min * size))
+    cut_hi = max(cut_lo, round(policy.cutout_max * size))
+    cut_size = torch.randint(cut_lo, cut_hi + 1, (n,), generator=generator)
+    room = (size - cut_size + 1).unsqueeze(1)
+    return TransformDraw(
+        kind=kind,
+        rot_k=torch.randint(1, 4, (n,), generator=generator),
+        shift=torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator),
+        scale=torch.exp((torch.rand(n, generator=generator) * 2 - 1) * log_b),
+        cut_size=cut_size,
+        cut_origin=(torch.rand(n, 2, generator=generator) * room).long(),
+        size=size,
+        labelled=policy.use_label,
+    )
+
+
+def _select(mask: torch.Tensor, transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), transformed, images)
+
+
+def _translate(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Integer shift with zero padding, one shift per sample, by gathering from a padded copy."""
+    n, _, h, w = images.shape
+    pad = int(shift.abs().max().item()) if shift.numel() else 0
+    if pad == 0:
+        return images
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = torch.arange(h, device=images.device).view(1, h) + pad - shift[:, 1:2]
+    cols = torch.arange(w, device=images.device).view(1, w) + pad - shift[:, 0:1]
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+
+
+def _cutout_keep(draw: TransformDraw, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """1 outside the cut square, 0 inside; all ones for samples not cut."""
+    ys = torch.arange(h, device=device).view(1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, w)
+    x0, y0 = draw.cut_origin[:, 0].view(-1, 1, 1), draw.cut_origin[:, 1].view(-1, 1, 1)
+    size = draw.cut_size.view(-1, 1, 1)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    inside &= draw.is_("cutout").view(-1, 1, 1)
+    return (~inside).unsqueeze(1)
+
+
+def apply_transform(images: torch.Tensor, draw: TransformDraw) -> torch.Tensor:
+    """T_w(images) for each sample's own w; a linear map, so it applies to noisy and clean images alike."""
+    out = _select(draw.is_("hflip"), images.flip(-1), images)
+    out = _select(draw.is_("vflip"), out.flip(-2), out)
+    rotating = draw.is_("rot90")
+    if bool(rotating.any()):
+        for quarter_turns in (1, 2, 3):
+            mask = rotating & (draw.rot_k == quarter_turns)
+            out = _select(mask, torch.rot90(out, quarter_turns, dims=(-2, -1)), out)
+    translating = draw.is_("translate")
+    if bool(translating.any()):
+        out = _select(translating, _translate(out, draw.shift * translating.unsqueeze(1)), out)
+    factor = torch.where(draw.is_("brightness"), draw.scale, torch.ones_like(draw.scale))
+    out = out * factor.view(-1, 1, 1, 1).to(out.dtype)
+    return out * _cutout_keep(draw, out.shape[-2], out.shape[-1], out.device).to(out.dtype)
+
+
+def transform_label(draw: TransformDraw) -> torch.Tensor:
+    """[N, LABEL_DIM] label of each sample's transform; zeros for the identity, or for all when unlabelled."""
+    n = draw.kind.shape[0]
+    label = torch.zeros(n, LABEL_DIM, device=draw.kind.device)
+    if not draw.labelled:
+        return label
+    rot = draw.is_("rot90").float()
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=label.device)[draw.rot_k]
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=label.device)[draw.rot_k]
+    trans = draw.is_("translate").float().unsqueeze(1)
+    label[:, 0] = draw.is_("hflip").float()
+    label[:, 1] = draw.is_("vflip").float()
+    label[:, 2] = rot * sin
+    label[:, 3] = rot * (cos - 1)
+    label[:, 4:6] = trans * draw.shift.float() / draw.size
+    label[:, 6] = draw.is_("brightness").float() * torch.log(draw.scale)
+    label[:, 7] = draw.is_("cutout").float() * draw.cut_size.float() / draw.size
+    return label
+
+
+def noise_scale(draw: TransformDraw) -> torch.Tensor:
+    """[N] factor by which the transform scales the noise's standard deviation (brightness only)."""
+    return torch.where(draw.is_("brightness"), draw.scale, torch.ones_like(draw.scale))
