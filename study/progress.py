@@ -9,12 +9,11 @@ from ray.tune import Callback
 
 
 class ProgressCallback(Callback):
-    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, stream=sys.stdout):
+    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float):
         self.phase = phase
         self.total = total_trials
         self.metric = metric
         self.total_kimg = total_kimg
-        self.stream = stream
         self.started = time.time()
         self.running: dict[str, str] = {}
         self.finished: dict[str, dict] = {}
@@ -36,7 +35,7 @@ class ProgressCallback(Callback):
         return f"[{self.phase} {done}/{self.total} | {elapsed / 60:.1f} min{eta}] " + " | ".join(parts)
 
     def _print(self) -> None:
-        print(self._line(), file=self.stream, flush=True)
+        print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running[trial.trial_id] = trial.config["regime"]

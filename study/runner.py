@@ -65,19 +65,23 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int):
+def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int) -> bool:
+    """Join or start Ray; returns whether this call started it (and so must shut it down)."""
     import ray
 
+    if ray.is_initialized():  # an embedding program (or a test session) owns Ray
+        return False
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False)
         if TRIAL_DRIVER_RESOURCE not in ray.cluster_resources():
             raise StudyError(f"the cluster at {address or os.environ['RAY_ADDRESS']} has no {TRIAL_DRIVER_RESOURCE!r} "
                              "resource; start its head with --resources='{\"trial_driver\": 64}' (cluster.yaml does)")
-        return
+        return True
     cpus = config.resources.num_cpus or os.cpu_count() or 1
     # The dashboard must run: Tune frees an early-stopped trial's worker placement group through its state API.
     ray.init(num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    return True
 
 
 def cluster_nodes() -> list[Node]:
@@ -134,9 +138,9 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
     client.log_artifact(parent, str(output / "study_config.yaml"))
     log(describe(config, plan))
 
-    _start_ray(config, address, plan.concurrency)
+    started_ray = _start_ray(config, address, plan.concurrency)
     try:
-        if address or os.environ.get("RAY_ADDRESS"):
+        if not config.resources.autoscaling:
             plan = make_plan(config, cluster_nodes())
         base_trial = config.trial.model_dump()
         resources = config.resources.model_dump()
@@ -178,7 +182,8 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             state["phase"] = "report"
             _save_state(output, state)
     finally:
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
 
     from study.report import write_report
 

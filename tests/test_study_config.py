@@ -1,0 +1,107 @@
+"""The study CLI's front door: bad configs fail in one clear line before Ray starts; --dry-run prints the plan."""
+
+import subprocess
+import sys
+
+import pytest
+
+from study.config import load_study_config
+from study.plan import Node, PlanError, check_fits
+from tests.conftest import ROOT
+from trainables.config import ConfigError
+
+
+def _run(*args, timeout=60):
+    return subprocess.run([sys.executable, "study/run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+BAD_CONFIGS = [
+    (["search.trials_per_regim=3"], "search.trials_per_regim: unknown key; allowed here: metric, mode, seed, space, trials_per_regime"),
+    (["trial.score_augment.p=1.5"], "trial.score_augment.p: Input should be less than or equal to 1"),
+    (["trial.score_augment.p=-0.1"], "trial.score_augment.p: Input should be greater than or equal to 0"),
+    (["trial.model.dropout=-0.2"], "trial.model.dropout: Input should be greater than or equal to 0"),
+    (["regimes=[0.1,1.5]"], "regimes: each regime is a fraction of the training set in (0, 1]; 1.5 is not"),
+    (["regimes=[]"], "regimes: List should have at least 1 item"),
+    (["regimes=[0.5,0.5]"], "regimes must be distinct"),
+    (["trial.score_augment.transforms=[]", "trial.score_augment.p=0.5"], "transforms must not be empty when p > 0"),
+    (["trial.dataset=imagenet"], "trial.dataset: Input should be 'digits', 'mnist5k', 'cifar10' or 'image_folder'"),
+    (["trial.score_augment.transforms=[hflip,twirl]"], "trial.score_augment.transforms.1: Input should be 'hflip'"),
+    (["resources.num_workers=0"], "resources.num_workers: Input should be greater than or equal to 1"),
+    (["resources.cpus_per_worker=0"], "resources.cpus_per_worker: Input should be greater than 0"),
+    (["trial.train.batch_size=lots"], "trial.train.batch_size: Input should be a valid integer"),
+    (["trial.train.total_kimg=0"], "trial.train.total_kimg: Input should be greater than 0"),
+    (["search.space=everything"], "search.space 'everything' is unknown; choose one of scoreaug"),
+    (["search.metric=accuracy"], "search.metric: Input should be 'fid', 'fid_test', 'test_loss' or 'loss_gap'"),
+    (["scheduler.kind=hyperband"], "scheduler.kind: Input should be 'asha' or 'none'"),
+    (["trial.model.preset=huge"], "model.preset: unknown preset 'huge'; choose one of"),
+    (["name=my study!"], "name: must be 1-64 letters"),
+    (["trial.eval.fid=false"], "search.metric fid needs trial.eval.fid: true"),
+    (["scheduler.metric=fid"], "scheduler.metric fid needs trial.eval.fid_at: every"),
+    (["confirm.seeds=-1"], "confirm.seeds: Input should be greater than or equal to 0"),
+    (["trial.clean_augment.cutout_min=0.6", "trial.clean_augment.cutout_max=0.3"], "cutout_min must not exceed cutout_max"),
+    (["trial.runtime.device=tpu"], "trial.runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS)
+def test_bad_config_gives_a_specific_message(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load_study_config(None, overrides)
+    assert message in str(caught.value)
+
+
+def test_cli_bad_config_is_one_line_and_starts_no_ray(tmp_path):
+    result = _run("--set", "trial.score_augment.p=2", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["config error: trial.score_augment.p: Input should be less than or equal to 1 (got 2)"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: [unclosed", "is not valid YAML at line 1"),
+    ("- just\n- a list\n", "must hold a mapping of keys, not list"),
+])
+def test_malformed_yaml(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = _run("--config", str(path))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_config_file():
+    result = _run("--config", "/nonexistent/study.yaml")
+    assert result.returncode == 2 and "config file /nonexistent/study.yaml does not exist" in result.stderr
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    result = _run("--dry-run", "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    for expected in ("regime r0.1: 0.1 of the training set = 144 images", "concurrency: 2 trial(s) at once",
+                     f"tracking: sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "tune storage:", "optuna storage:"):
+        assert expected in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["mnist.yaml", "cifar10.yaml"])
+def test_shipped_configs_validate(name):
+    result = _run("--config", f"study/configs/{name}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+
+
+def test_infeasible_plans_name_what_is_missing():
+    config = load_study_config(None, ["resources.gpus_per_worker=1"])
+    with pytest.raises(PlanError, match="cluster has no GPUs"):
+        check_fits(config, [Node(cpus=2, gpus=0)])
+    config = load_study_config(None, ["resources.cpus_per_worker=4"])
+    with pytest.raises(PlanError, match="no node fits one worker"):
+        check_fits(config, [Node(cpus=2, gpus=0)])
+    config = load_study_config(None, ["resources.num_workers=3"])
+    with pytest.raises(PlanError, match="fits only 2 such worker"):
+        check_fits(config, [Node(cpus=2, gpus=0)])
+    assert check_fits(load_study_config(None, ["resources.max_concurrent=8"]), [Node(4, 0), Node(2, 0)]) == 6
+
+
+def test_infeasible_plan_fails_fast_from_the_cli(tmp_path):
+    result = _run("--set", "resources.num_workers=64", "--output", str(tmp_path / "out"), timeout=30)
+    assert result.returncode == 2
+    assert "resources.num_workers=64" in result.stderr and "lower resources.num_workers" in result.stderr

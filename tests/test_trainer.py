@@ -1,0 +1,119 @@
+"""The worker loop in-process: data, learning, checkpoints, resume, and the command's error handling."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY_TRIAL
+from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainables.config import load_trial_config
+from trainables.data import DatasetError, load_cifar10, load_digits, regime_indices
+from trainables.loop import run_trial
+from trainables.loss import AUG_DIM, ScoreAugLoss
+from trainables.networks import build_denoiser
+from trainables.session import LocalSession
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    a, b = load_digits(), load_digits()
+    assert torch.equal(a.train, b.train) and a.train.shape == (1438, 1, 8, 8) and a.test.shape == (359, 1, 8, 8)
+    train_rows = {bytes(x.numpy()) for x in a.train}
+    assert sum(bytes(x.numpy()) in train_rows for x in a.test) < 20  # sklearn digits hold a few exact duplicates
+
+
+def test_regimes_are_nested():
+    small, medium, full = (set(regime_indices(1438, f, seed=0).tolist()) for f in (0.05, 0.25, 1.0))
+    assert small < medium < full and len(full) == 1438 and len(small) == round(1438 * 0.05)
+
+
+def test_missing_cifar_says_what_to_download(tmp_path):
+    with pytest.raises(DatasetError, match="cifar-10-python.tar.gz"):
+        load_cifar10(str(tmp_path / "nowhere"))
+
+
+def test_loss_decreases_on_a_tiny_problem():
+    torch.manual_seed(0)
+    config = load_trial_config(None, TINY_TRIAL + ["score_augment.p=0.5", "score_augment.transforms=[hflip,rot90]"])
+    images = load_digits().train[:64].float() / 127.5 - 1
+    net = build_denoiser(8, 1, AUG_DIM, **config.resolved_model())
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+
+    def fixed_loss():
+        return loss_fn(net, images, torch.Generator().manual_seed(123)).mean().item()
+
+    before = fixed_loss()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        loss = loss_fn(net, images, g).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert fixed_loss() < 0.7 * before
+
+
+def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
+    config = load_trial_config(None, TINY_TRIAL)
+    net = build_denoiser(8, 1, AUG_DIM, **config.resolved_model()).eval()
+    save_checkpoint({"net": net.state_dict(), "ema": net.state_dict(), "optimizer": {}, "nimg": 5, "config": "{}"}, tmp_path)
+    other = build_denoiser(8, 1, AUG_DIM, **{**config.resolved_model(), "dropout": 0.0}).eval()
+    other.load_state_dict(load_checkpoint(tmp_path)["net"])
+    x, sigma = torch.randn(4, 1, 8, 8), torch.full((4,), 0.7)
+    assert torch.equal(net(x, sigma, None), other(x, sigma, None))
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path)
+
+
+def _metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_the_kimg_axis_exactly(tmp_path):
+    config = load_trial_config(None, TINY_TRIAL)
+    straight = tmp_path / "straight"
+    run_trial(config, LocalSession(straight), log=lambda _: None)
+
+    interrupted = tmp_path / "interrupted"
+    half = load_trial_config(None, TINY_TRIAL + ["train.total_kimg=0.128"])
+    run_trial(half, LocalSession(interrupted), log=lambda _: None)
+    run_trial(config, LocalSession(interrupted), log=lambda _: None)
+
+    a, b = _metrics(straight), _metrics(interrupted)
+    assert [m["kimg"] for m in b] == [m["kimg"] for m in a] == [0.128, 0.256]
+    assert b[-1]["train_loss"] == pytest.approx(a[-1]["train_loss"], rel=1e-5)
+    assert (interrupted / "samples").is_dir() and any((interrupted / "samples").iterdir())
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainables.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.dropotu=0.1"], "model.dropotu: unknown key; allowed here:"),
+    (["--set", "train.batch_size=many"], "train.batch_size: Input should be a valid integer"),
+    (["--set", "score_augment.p=1.5"], "score_augment.p: Input should be less than or equal to 1"),
+    (["--set", "dataset=imagenet"], "dataset: Input should be 'digits', 'mnist5k', 'cifar10' or 'image_folder'"),
+    (["--set", "dataset=cifar10", "--set", "data_path=/nonexistent/cifar"], "Download https://www.cs.toronto.edu"),
+])
+def test_cli_rejects_bad_input_in_one_line(tmp_path, args, message):
+    result = _cli(*args, "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_trains_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert _cli(*sum((["--set", s] for s in TINY_TRIAL), []), "--set", "train.total_kimg=0.128", "--output", str(out)).returncode == 0
+    result = _cli(*sum((["--set", s] for s in TINY_TRIAL), []), "--output", str(out), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    assert [m["kimg"] for m in _metrics(out)] == [0.128, 0.256]
+    assert {"train_loss", "test_loss", "loss_gap", "img_per_sec", "memorization"} <= set(_metrics(out)[-1])
