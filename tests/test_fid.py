@@ -292,10 +292,10 @@ def test_floor_uses_what_the_test_split_has(digits, digits_evaluator, tmp_path):
 def test_leakage_separates_upright_from_transformed(dataset_fixture, request):
     dataset = request.getfixturevalue(dataset_fixture)
     assert fid.leakage(dataset.test, dataset.name) < 0.08
-    for index in (1, 3, 5, 7):  # quarter turns and diagonal mirrors: no digit looks upright after them
+    for index in (1, 3):  # quarter turns: no digit looks upright after them
         assert fid.leakage(feature_nets.dihedral(dataset.test, index), dataset.name) > 0.97
-    for index in (2, 4, 6):  # half turn and mirrors: 0, 1 and 8 can look upright after them
-        assert fid.leakage(feature_nets.dihedral(dataset.test, index), dataset.name) > 0.85
+    for index in (2, 4, 5, 6, 7):  # half turn and mirrors: a 0, 1 or 8 can look upright after them
+        assert fid.leakage(feature_nets.dihedral(dataset.test, index), dataset.name) > 0.88
 
 
 def test_leakage_rejects_other_datasets(digits):

@@ -54,6 +54,13 @@ class FeatureWeightsError(RuntimeError):
     """The weights of a feature network are missing, unusable or not the pinned file."""
 
 
+def _numerically_nonnegative(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a positive semi-definite matrix, with those within rounding error of zero set
+    to zero: a square root would otherwise turn rounding noise of 1e-16 into errors of 1e-8."""
+    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(float(np.abs(eigenvalues).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return np.where(eigenvalues > tolerance, eigenvalues, 0.0)
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64:
     |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((sqrt(S1) S2 sqrt(S1))^(1/2)).
@@ -68,9 +75,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != (dim,) or mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
         raise ValueError(f"shape mismatch: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
     eigenvalues, eigenvectors = scipy.linalg.eigh(sigma1)
-    sqrt_sigma1 = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+    sqrt_sigma1 = (eigenvectors * np.sqrt(_numerically_nonnegative(eigenvalues))) @ eigenvectors.T
     product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
-    trace_sqrt = np.sqrt(np.clip(scipy.linalg.eigvalsh((product + product.T) / 2), 0.0, None)).sum()
+    trace_sqrt = np.sqrt(_numerically_nonnegative(scipy.linalg.eigvalsh((product + product.T) / 2))).sum()
     diff = mu1 - mu2
     distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
     return max(0.0, float(distance))
@@ -375,8 +382,10 @@ def leakage(samples: torch.Tensor, dataset_name: str, device: str | torch.device
     rotated or flipped (more likely one of the 7 non-identity elements of D4 than upright).
 
     Digits that look upright after a transform (a 0 rotated by 180 degrees) count as upright; see
-    `trainables.feature_nets.orientation_targets`. Held-out accuracy and the rates on upright and
-    transformed real test images are in `trainables/weights/manifest.json`.
+    `trainables.feature_nets.orientation_targets`. The rates on upright and on transformed real
+    test images are in `trainables/weights/manifest.json` (digits: 0.06 and 0.97; mnist5k: 0.02
+    and 0.97). The net has seen only digits: noise and blank images read as transformed, so
+    leakage means something only for samples that look like digits (FID near its floor).
     """
     net = _orientation_net(dataset_name, str(torch.device(device)))
     size = net.resolution
