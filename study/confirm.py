@@ -38,8 +38,8 @@ def confirmation_suggestions(regimes: dict[str, float], storage_url: str, study_
 class FixedSearcher(Searcher):
     """Hands out a fixed list of suggestions, once each, across resumes."""
 
-    def __init__(self, suggestions: list[dict], metric: str):
-        super().__init__(metric=metric, mode="min")
+    def __init__(self, suggestions: list[dict]):
+        super().__init__(metric=None, mode=None)
         self.suggestions = suggestions
         self.next_index = 0
 

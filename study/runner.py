@@ -177,7 +177,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             for note in notes:
                 log(note)
             if suggestions:
-                _tuner(config, trainable, FixedSearcher(suggestions, metric), None, callbacks("confirm", len(suggestions)),
+                _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
                        "confirm", len(suggestions), plan.concurrency, resume).fit()
             state["phase"] = "report"
             _save_state(output, state)

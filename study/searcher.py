@@ -52,7 +52,9 @@ class RegimeSearcher(Searcher):
 
     def __init__(self, regimes: dict[str, float], space: str, storage_url: str, study_prefix: str,
                  trials_per_regime: int, seed: int, metric: str, base_dropout: float, total_kimg: float):
-        super().__init__(metric=metric, mode="min")
+        # No metric for Tune: it would demand the objective in every result, but FID arrives only at the end.
+        super().__init__(metric=None, mode=None)
+        self.objective = metric
         self.regimes = regimes
         self.space = space
         self.storage_url = storage_url
@@ -100,7 +102,7 @@ class RegimeSearcher(Searcher):
         if trial_id not in self.live:
             return
         regime, number = self.live.pop(trial_id)
-        state, value = trial_outcome(result, error, self.total_kimg, self.metric)
+        state, value = trial_outcome(result, error, self.total_kimg, self.objective)
         study = self.study(regime)
         if study.get_trials(deepcopy=False)[number].state.is_finished():
             return

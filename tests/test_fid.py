@@ -170,6 +170,7 @@ class FakeStyleGANDetector(torch.nn.Module):
         return img.flatten(1)[:, :1008]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_stylegan_detector_layers_are_used(tmp_path):
     path = tmp_path / "inception-2015-12-05.pt"
     torch.jit.script(FakeStyleGANDetector()).save(str(path))

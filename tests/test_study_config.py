@@ -76,7 +76,7 @@ def test_missing_config_file():
 def test_dry_run_prints_the_plan(tmp_path):
     result = _run("--dry-run", "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    for expected in ("regime r0.1: 0.1 of the training set = 144 images", "concurrency: 2 trial(s) at once",
+    for expected in ("regime r0.3: 0.3 of the training set = 431 images", "concurrency: 2 trial(s) at once",
                      f"tracking: sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "tune storage:", "optuna storage:"):
         assert expected in result.stdout
     assert not (tmp_path / "out").exists()

@@ -72,7 +72,7 @@ def test_two_worker_gloo_ddp_trains_with_identical_replicas(ray_session, tmp_pat
 def test_real_study_end_to_end(ray_session, tmp_path):
     overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=e2e", f"output={tmp_path / 'study'}", "regimes=[0.25,1.0]", "search.trials_per_regime=3",
-        "search.metric=test_loss", "scheduler.grace_kimg=0.128", "confirm.seeds=2", "resources.max_concurrent=2",
+        "trial.eval.fid=true", "scheduler.grace_kimg=0.128", "confirm.seeds=2", "resources.max_concurrent=2",
     ]
     config = load_study_config(None, overrides)
     output = run_study(config, log=lambda *_: None)
@@ -88,6 +88,7 @@ def test_real_study_end_to_end(ray_session, tmp_path):
     for row in table:
         if row["status"] == "completed":
             assert row["kimg"] == pytest.approx(0.256) and row["test_loss"] > 0 and row["loss_gap"] is not None
+            assert row["fid"] > 0 and row["fid_test"] > 0 and row["fid_floor"] > 0 and 0 <= row["leakage"] <= 1
     assert len(confirm) in (0, 4, 8) and all(r["status"] == "completed" for r in confirm)
 
     # Optuna: one study per regime, baseline first, no RUNNING leftovers, early-stopped trials recorded as PRUNED.
@@ -114,6 +115,7 @@ def test_real_study_end_to_end(ray_session, tmp_path):
     for metric in ("train_loss", "test_loss", "loss_gap", "kimg", "img_per_sec"):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
         assert steps == [128, 256], metric
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")] == [256]
     assert child.data.params["regime_fraction"] in ("0.25", "1.0") and "score_augment.p" in child.data.params
     assert child.data.tags["regime"] in ("r0.25", "r1") and child.data.tags["searcher"] in ("optuna-tpe", "confirmation")
     assert [a.path for a in client.list_artifacts(child.info.run_id, "samples")]

@@ -213,7 +213,9 @@ class InceptionFeatures(FeatureSpace):
                 raise FeatureWeightsError(f"{message}; reinstall with: {INCEPTION_INSTALL}")
             warnings.warn(f"{message}; its FIDs are comparable only with FIDs from the same file", stacklevel=2)
         try:
-            module = torch.jit.load(str(self.weights_path), map_location=self.device).eval()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+                module = torch.jit.load(str(self.weights_path), map_location=self.device).eval()
         except (RuntimeError, ValueError) as error:
             raise FeatureWeightsError(f"{self.weights_path} is not a TorchScript file ({error}); pytorch-fid and torch-fidelity weights are state_dicts this project cannot load. Install: {INCEPTION_INSTALL}") from error
         # StyleGAN2-ADA's inception-2015-12-05.pt wraps the same layers in a forward that resizes
