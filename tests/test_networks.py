@@ -8,6 +8,7 @@ from trainables.networks import (
     MODEL_PRESETS,
     EDMPrecond,
     SongUNet,
+    _dropout,
     _resample,
     build_denoiser,
     count_parameters,
@@ -57,7 +58,7 @@ def raw_output(net: EDMPrecond, x, sigma, aug_labels=None) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "resolution, channels, preset",
-    [(8, 1, "digits-tiny"), (8, 1, "digits"), (32, 1, None), (32, 3, None)],
+    [(8, 1, "digits-tiny"), (8, 1, "digits"), (16, 3, None), (32, 1, None), (32, 3, None), (64, 3, None)],
 )
 def test_output_shape(resolution, channels, preset):
     torch.manual_seed(0)
@@ -144,7 +145,7 @@ def test_label_of_the_wrong_width_is_refused():
 
 def test_resolution_must_halve_evenly():
     with pytest.raises(ValueError, match="divisible"):
-        build_denoiser(12, 1, 0, model_channels=16, channel_mult=[1, 2, 2, 2], num_blocks=1, attn_resolutions=[], dropout=0)
+        build_denoiser(12, 1, 0, **{**TINY, "channel_mult": [1, 2, 2, 2]})
 
 
 def test_ddpmpp_cifar_parameter_count_matches_edm():
@@ -177,6 +178,15 @@ def test_eval_mode_is_deterministic_and_train_mode_drops_out():
         assert torch.equal(raw_output(net, x, sigma), raw_output(net, x, sigma))
         net.train()
         assert not torch.equal(raw_output(net, x, sigma), raw_output(net, x, sigma))
+
+
+def test_dropout_drops_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = _dropout(x, 0.13, training=True)
+    assert abs((y == 0).float().mean().item() - 0.13) < 0.002
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.87))
+    assert _dropout(x, 0.13, training=False) is x
 
 
 def test_autocast_keeps_the_skip_combination_in_float32():

@@ -13,6 +13,7 @@ head, which is `out_norm`/`out_conv` here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -22,8 +23,8 @@ from torch import nn
 SIGMA_DATA = 0.5
 
 MODEL_PRESETS: dict[str, dict] = {
-    # 8x8 demo: trains in minutes on a laptop CPU.
-    "digits-tiny": dict(model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.10),
+    # 8x8 demo, the fastest preset (~0.3 M parameters).
+    "digits-tiny": dict(model_channels=32, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.10),
     # 8x8 benchmark configuration (~1.0 M parameters).
     "digits": dict(model_channels=32, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[], dropout=0.10),
     # 32x32 (MNIST padded to 32).
@@ -72,14 +73,20 @@ def _resample(x: torch.Tensor, mode: str | None) -> torch.Tensor:
 
 
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout, with the CPU mask drawn by torch.rand: torch's CPU bernoulli_ samples doubles one
-    at a time and costs twice as much, a few percent of a small model's training step."""
+    """F.dropout, with a cheaper mask on CPU.
+
+    torch's CPU random numbers are drawn serially, one draw per element; with bernoulli_ the
+    masks took about a tenth of the digits training step. Here four elements share one 64-bit
+    draw, 16 bits each, so the drop probability is p rounded to a multiple of 2**-16.
+    """
     if not training or p == 0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p=p, training=True)
-    keep = torch.rand(x.shape, dtype=torch.float32).ge_(p).mul_(1 / (1 - p))
-    return x * keep.to(x.dtype)
+    n = x.numel()
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)
+    keep = bits[:n].view(x.shape) >= round(p * 65536) - 32768
+    return x * keep.to(x.dtype).mul_(1 / (1 - p))
 
 
 class PositionalEmbedding(nn.Module):
@@ -165,9 +172,9 @@ class SongUNet(nn.Module):
         out_channels: int,
         aug_dim: int = 0,  # augmentation label size; 0: no label input
         model_channels: int = 128,
-        channel_mult: list[int] = (2, 2, 2),
+        channel_mult: Sequence[int] = (2, 2, 2),
         num_blocks: int = 4,
-        attn_resolutions: list[int] = (16,),
+        attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.10,
         channel_mult_emb: int = 4,
     ):
@@ -290,9 +297,9 @@ def build_denoiser(
         out_channels=img_channels,
         aug_dim=aug_dim,
         model_channels=model_channels,
-        channel_mult=list(channel_mult),
+        channel_mult=channel_mult,
         num_blocks=num_blocks,
-        attn_resolutions=list(attn_resolutions),
+        attn_resolutions=attn_resolutions,
         dropout=dropout,
     )
     return EDMPrecond(model, img_resolution=img_resolution, img_channels=img_channels)
