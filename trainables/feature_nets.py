@@ -7,8 +7,9 @@ Four nets ship in `trainables/weights/` (state_dicts, < 1 MB each, sha256 in `ma
   applied to an image; the `leakage` metric counts samples they judge transformed.
 
 Each is trained on its dataset's full training pool and scored on the held-out test split.
-Retrain them all with `python -m trainables.feature_nets` (deterministic; about a minute on 2 CPU
-cores). A retrained net has a new sha256, which also invalidates cached FID reference statistics.
+Retrain them all with `python -m trainables.feature_nets` (deterministic: the same torch gives
+the same bytes; a few minutes on one CPU core). A net whose spec changes gets a new sha256, which
+also invalidates the FID reference statistics cached for it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ UPRIGHT_QUANTILE = 0.25  # see orientation_targets
 class ClassifierCNN(nn.Module):
     """Conv3x3+ReLU+MaxPool stages down to 2x2, then a 64-d feature layer and a linear classifier.
 
+    `widths` are the stages' channel counts, the last one repeated for further stages.
     Input: float images in [-1, 1] (`to_signed` of uint8), [N, C, resolution, resolution].
     """
 
@@ -79,7 +81,7 @@ class NetSpec:
     epochs: int
     batch_size: int = 128
     lr: float = 5e-3
-    max_shift: int = 0  # random translation (pixels, zero-filled) applied while training
+    max_shift: int = 0  # random translation (pixels, background-filled) applied while training
     seed: int = 0
 
     @property
@@ -128,7 +130,10 @@ def load_shipped_net(name: str, device: str | torch.device = "cpu") -> tuple[Cla
         raise FileNotFoundError(f"{path} is missing; run `python -m trainables.feature_nets`")
     sha = sha256_file(path)
     if sha != entry["sha256"]:
-        raise ValueError(f"{path} has sha256 {sha}, the manifest says {entry['sha256']}; the file is corrupt or stale, retrain with `python -m trainables.feature_nets`")
+        raise ValueError(
+            f"{path} has sha256 {sha}, the manifest says {entry['sha256']}; the file is corrupt or stale, "
+            "retrain with `python -m trainables.feature_nets`"
+        )
     net = build_net(name, entry["resolution"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.to(device).eval().requires_grad_(False), sha
@@ -153,9 +158,9 @@ def orientation_targets(images: torch.Tensor) -> torch.Tensor:
     Normally k itself. Some digits look upright after a transform (a 0 or 8 rotated by 180
     degrees, a 1 mirrored, a 6 rotated into a 9): such an image is no visible leak, so its target
     is the identity. A transformed image counts as upright when its nearest upright image (pixel
-    distance) is closer than the lower quartile of real images' nearest-neighbour distances; that
-    is about 2% of transformed images, all from the transforms that keep a digit's axis (180
-    degrees and the two mirrors).
+    distance) is closer than the lower quartile of real images' nearest-neighbour distances. That
+    is about 2% of transformed images, nearly all from the half turn and the left-right and
+    up-down mirrors (0s, 1s and 8s).
     """
     typical = _nearest_distance(images, images, exclude_self=True).quantile(UPRIGHT_QUANTILE)
     targets = torch.full((len(images), NUM_DIHEDRAL), IDENTITY)
@@ -260,20 +265,20 @@ def train_net(name: str, dataset: ImageDataset) -> tuple[ClassifierCNN, dict]:
 
 def main() -> None:
     # One thread: these nets are too small to gain from a second, and where another process
-    # holds a core, two threads spin-wait on each other (measured 50x slower here).
+    # holds a core, two threads wait on each other (a training step measured 40x slower).
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     WEIGHTS_DIR.mkdir(exist_ok=True)
     manifest = {}
-    datasets: dict[str, ImageDataset] = {}
+    datasets = {name: load_dataset(name) for name in {spec.dataset for spec in NET_SPECS.values()}}
     for name, spec in NET_SPECS.items():
-        dataset = datasets.setdefault(spec.dataset, load_dataset(spec.dataset))
-        net, entry = train_net(name, dataset)
+        net, entry = train_net(name, datasets[spec.dataset])
         path = WEIGHTS_DIR / entry["file"]
         torch.save(net.state_dict(), path)
         entry["sha256"] = sha256_file(path)
         manifest[name] = entry
-        print(f"{name:14s} held-out accuracy {entry['heldout_accuracy']:.4f}  {entry['parameters']:,} params  {entry['train_seconds']:.1f} s  sha256 {entry['sha256'][:16]}")
+        extra = "".join(f"  {key} {entry[key]:.4f}" for key in ("leakage_upright", "leakage_transformed") if key in entry)
+        print(f"{name:14s} held-out accuracy {entry['heldout_accuracy']:.4f}{extra}  {entry['parameters']:,} params  {entry['train_seconds']:.1f} s")
     MANIFEST_PATH.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {MANIFEST_PATH}")
 

@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -57,7 +57,7 @@ class FeatureWeightsError(RuntimeError):
 def _numerically_nonnegative(eigenvalues: np.ndarray) -> np.ndarray:
     """Eigenvalues of a positive semi-definite matrix, with those within rounding error of zero set
     to zero: a square root would otherwise turn rounding noise of 1e-16 into errors of 1e-8."""
-    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(float(np.abs(eigenvalues).max(initial=0.0)), np.finfo(np.float64).tiny)
+    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * np.abs(eigenvalues).max(initial=0.0)
     return np.where(eigenvalues > tolerance, eigenvalues, 0.0)
 
 
@@ -123,7 +123,7 @@ class FeatureSpace(ABC):
         """Features [N, dim] (float32) of uint8 images [N, C, H, W], computed in batches on the device."""
         self._check(images)
         batches = [self._embed(chunk.to(self.device)).float().cpu() for chunk in images.split(self.batch_size)]
-        return torch.cat(batches).numpy() if batches else np.zeros((0, self.dim), dtype=np.float32)
+        return torch.cat(batches).numpy()
 
 
 class ClassifierFeatures(FeatureSpace):
@@ -169,7 +169,10 @@ def find_inception_weights(weights_path: str | Path | None = None) -> Path:
         if configured:
             path = Path(configured).expanduser()
             if not path.is_file():
-                raise FeatureWeightsError(f"Inception weights {path} (from {origin}) do not exist; point {origin} at the FID Inception-v3 TorchScript file, or unset it and run: {INCEPTION_INSTALL}")
+                raise FeatureWeightsError(
+                    f"Inception weights {path} (from {origin}) do not exist; point {origin} at the FID Inception-v3 "
+                    f"TorchScript file, or unset it and run: {INCEPTION_INSTALL}"
+                )
             return path
     searched = [f"${INCEPTION_ENV} (unset)"]
     package_file = _package_inception_file()
@@ -217,7 +220,10 @@ class InceptionFeatures(FeatureSpace):
                 warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
                 module = torch.jit.load(str(self.weights_path), map_location=self.device).eval()
         except (RuntimeError, ValueError) as error:
-            raise FeatureWeightsError(f"{self.weights_path} is not a TorchScript file ({error}); pytorch-fid and torch-fidelity weights are state_dicts this project cannot load. Install: {INCEPTION_INSTALL}") from error
+            raise FeatureWeightsError(
+                f"{self.weights_path} is not a TorchScript file ({error}); pytorch-fid and torch-fidelity weights are "
+                f"state_dicts this project cannot load. Install: {INCEPTION_INSTALL}"
+            ) from error
         # StyleGAN2-ADA's inception-2015-12-05.pt wraps the same layers in a forward that resizes
         # uint8 input itself; default_1.pt is those layers alone. Both take our preprocessed input.
         self._network = module.layers if hasattr(module, "layers") else module
@@ -261,7 +267,7 @@ def default_feature_space(dataset_name: str) -> str:
 
 def _fingerprint(images: torch.Tensor) -> str:
     """A short hash of image content: folders of images may share a dataset name, not content."""
-    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(images.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _split_images(dataset: ImageDataset, split: str) -> torch.Tensor:
@@ -299,7 +305,9 @@ def _floor_path(dataset: ImageDataset, num_images: int, feature_space: FeatureSp
     return cache_dir / f"{dataset.name}-floor{num_images}-{content}-{feature_space.name}-{feature_space.weights_sha256[:16]}.npz"
 
 
-def _reference(dataset: ImageDataset, split: str, feature_space: FeatureSpace, cache_dir: str | Path | None, split_features: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _reference(
+    dataset: ImageDataset, split: str, feature_space: FeatureSpace, cache_dir: str | Path | None, split_features: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     path = _reference_path(dataset, split, feature_space, Path(cache_dir or DEFAULT_CACHE_DIR))
 
     def compute() -> dict[str, np.ndarray]:
