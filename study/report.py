@@ -36,6 +36,16 @@ def _value(value):
     return value
 
 
+def _train_seconds(history: list[dict]) -> float | None:
+    """Time spent in training steps: images per eval interval over that interval's throughput."""
+    total, previous = 0.0, 0.0
+    for entry in history:
+        if entry.get("img_per_sec"):
+            total += (entry["kimg"] - previous) * 1000 / entry["img_per_sec"]
+            previous = entry["kimg"]
+    return total or None
+
+
 def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[dict]:
     from trainables.data import regime_size
 
@@ -55,6 +65,8 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             "status": record.get("status", "unfinished"),
             "failure_reason": record.get("reason", ""),
             "wall_time_s": (record.get("ended") or record["started"]) - record["started"],
+            "startup_s": record["first_step_at"] - record["started"] if record.get("first_step_at") else None,
+            "train_time_s": _train_seconds(history),
             "kimg": last.get("kimg"),
             "mlflow_run_id": record["run_id"],
         }

@@ -113,6 +113,12 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
     )
 
 
+def _finish(results, expected: int) -> None:
+    """Tune returns normally after a SIGINT (its state saved); unfinished trials mean the phase was interrupted."""
+    if results.num_terminated + results.num_errors < expected:
+        raise KeyboardInterrupt
+
+
 def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
     """Run (or resume) the whole study; returns the output folder."""
     import ray
@@ -165,8 +171,8 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
                                           grace_period=min(config.scheduler.grace_kimg, total_kimg),
                                           reduction_factor=config.scheduler.reduction_factor)
             n_search = len(regimes) * config.search.trials_per_regime
-            _tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
-                   plan.concurrency, resume).fit()
+            _finish(_tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
+                           plan.concurrency, resume).fit(), n_search)
             searcher.close_orphans()
             state["phase"] = "confirm"
             _save_state(output, state)
@@ -177,8 +183,8 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             for note in notes:
                 log(note)
             if suggestions:
-                _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
-                       "confirm", len(suggestions), plan.concurrency, resume).fit()
+                _finish(_tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
+                               "confirm", len(suggestions), plan.concurrency, resume).fit(), len(suggestions))
             state["phase"] = "report"
             _save_state(output, state)
     finally:

@@ -155,6 +155,8 @@ class MlflowTrialCallback(Callback):
             self._log_grid(run_id, checkpoint, step)
         record["last_step"] = step
         record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS, "diverged", "error") if k in result}
+        if "first_step_at" in result and "first_step_at" not in record:
+            record["first_step_at"] = result["first_step_at"]
         record["history"].append(record["last_result"])
         self._save_state()
 

@@ -24,7 +24,7 @@ BAD_CONFIGS = [
     (["regimes=[]"], "regimes: List should have at least 1 item"),
     (["regimes=[0.5,0.5]"], "regimes must be distinct"),
     (["trial.score_augment.transforms=[]", "trial.score_augment.p=0.5"], "transforms must not be empty when p > 0"),
-    (["trial.dataset=imagenet"], "trial.dataset: Input should be 'digits', 'mnist5k', 'cifar10' or 'image_folder'"),
+    (["trial.dataset=imagenet"], "trial.dataset: Input should be 'digits', 'mnist5k', 'cifar10', 'image_folder' or 'synthetic'"),
     (["trial.score_augment.transforms=[hflip,twirl]"], "trial.score_augment.transforms.1: Input should be 'hflip'"),
     (["resources.num_workers=0"], "resources.num_workers: Input should be greater than or equal to 1"),
     (["resources.cpus_per_worker=0"], "resources.cpus_per_worker: Input should be greater than 0"),

@@ -124,3 +124,67 @@ def test_real_study_end_to_end(ray_session, tmp_path):
     assert (output / "report" / "summary.md").exists() and (output / "report" / "fid_vs_size.png").exists()
     state = json.loads((output / "study_state.json").read_text())
     assert state["phase"] == "done" and state["parent_run_id"] == parents[0].info.run_id
+
+
+def _tiny_study(output) -> list[str]:
+    return [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=resumable", f"output={output}", "regimes=[0.5,1.0]", "search.trials_per_regime=2", "search.metric=test_loss",
+        "scheduler.kind=none", "confirm.seeds=1", "trial.train.total_kimg=0.512", "resources.max_concurrent=2",
+    ]
+
+
+def _finished_trials(output) -> int:
+    path = output / "mlflow_runs_search.json"
+    try:
+        return sum("status" in r for r in json.loads(path.read_text()).values()) if path.exists() else 0
+    except json.JSONDecodeError:
+        return 0
+
+
+def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
+    """A real `study/run.py` on the session's cluster, interrupted after its first finished trial, then resumed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    output = tmp_path / "study"
+    address = ray_session.get_runtime_context().gcs_address
+    args = [sys.executable, "study/run.py", "--address", address] + sum((["--set", s] for s in _tiny_study(output)), [])
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    deadline = time.time() + 300
+    while _finished_trials(output) < 1 and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.5)  # polling the driver's own records, not waiting a fixed time
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-2000:]
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=180) == 130, (tmp_path / "driver.log").read_text()[-2000:]
+    assert json.loads((output / "study_state.json").read_text())["phase"] == "search"
+    interrupted_children = json.loads((output / "mlflow_runs_search.json").read_text())
+
+    config = load_study_config(None, _tiny_study(output))
+    run_study(config, resume=True, log=lambda *_: None)
+
+    table = pq.read_table(output / "results.parquet").to_pylist()
+    search = [r for r in table if r["phase"] == "search"]
+    assert len(search) == 4 and len({r["trial_id"] for r in table}) == len(table)
+    assert all(r["status"] == "completed" and r["kimg"] == pytest.approx(0.512) for r in table)
+    for trial_id, record in interrupted_children.items():  # runs begun before the interrupt were reused, not duplicated
+        assert next(r for r in search if r["trial_id"] == trial_id)["mlflow_run_id"] == record["run_id"]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{output / 'optuna.db'}")
+    for regime in ("r0.5", "r1"):
+        trials = optuna.load_study(study_name=f"resumable-{regime}", storage=storage).trials
+        assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert sum(t.user_attrs.get("role") == "baseline" for t in trials) == 1
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("resumable").experiment_id], max_results=1000)
+    assert sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1
+    assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == len(table)
+    for row in table:
+        steps = [m.step for m in client.get_metric_history(row["mlflow_run_id"], "kimg")]
+        assert steps == [128, 256, 384, 512], steps  # one continuous kimg axis, no gap, no duplicate
+    with pytest.raises(Exception, match="differs from the one"):
+        run_study(load_study_config(None, _tiny_study(output) + ["search.trials_per_regime=3"]), resume=True)

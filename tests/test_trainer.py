@@ -99,7 +99,7 @@ def _cli(*args):
     (["--set", "model.dropotu=0.1"], "model.dropotu: unknown key; allowed here:"),
     (["--set", "train.batch_size=many"], "train.batch_size: Input should be a valid integer"),
     (["--set", "score_augment.p=1.5"], "score_augment.p: Input should be less than or equal to 1"),
-    (["--set", "dataset=imagenet"], "dataset: Input should be 'digits', 'mnist5k', 'cifar10' or 'image_folder'"),
+    (["--set", "dataset=imagenet"], "dataset: Input should be 'digits', 'mnist5k', 'cifar10', 'image_folder' or 'synthetic'"),
     (["--set", "dataset=cifar10", "--set", "data_path=/nonexistent/cifar"], "Download https://www.cs.toronto.edu"),
 ])
 def test_cli_rejects_bad_input_in_one_line(tmp_path, args, message):

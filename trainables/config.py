@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 TransformName = Literal["hflip", "vflip", "rot90", "translate", "brightness", "cutout"]
 ALL_TRANSFORMS: tuple[str, ...] = ("hflip", "vflip", "rot90", "translate", "brightness", "cutout")
-DatasetName = Literal["digits", "mnist5k", "cifar10", "image_folder"]
+DatasetName = Literal["digits", "mnist5k", "cifar10", "image_folder", "synthetic"]
 
-DEFAULT_PRESETS = {"digits": "digits", "mnist5k": "mnist", "cifar10": "ddpmpp-cifar", "image_folder": "ddpmpp-cifar"}
+DEFAULT_PRESETS = {"digits": "digits", "mnist5k": "mnist", "cifar10": "ddpmpp-cifar", "image_folder": "ddpmpp-cifar", "synthetic": "ddpmpp-cifar"}
 
 # Covers sigma 0.02..10 with most points in 0.1..2, where the train/test gap is largest (SCOREAUG.md).
 DEFAULT_LOSS_SIGMAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 2.0, 4.0, 10.0]

@@ -172,7 +172,17 @@ def load_image_folder(path: str | None, resolution: int | None) -> ImageDataset:
     return _split_dataset("image_folder", np.stack(images), None, test_fraction=0.1)
 
 
-DATASETS = ("digits", "mnist5k", "cifar10", "image_folder")
+DATASETS = ("digits", "mnist5k", "cifar10", "image_folder", "synthetic")
+
+
+SYNTHETIC_IMAGES = 2048
+
+
+def load_synthetic(resolution: int | None) -> ImageDataset:
+    """Seeded random RGB images (CIFAR-sized by default): for throughput benchmarks and GPU smoke tests, not for FID."""
+    size = resolution or 32
+    images = torch.randint(0, 256, (SYNTHETIC_IMAGES, 3, size, size), generator=torch.Generator().manual_seed(SPLIT_SEED), dtype=torch.uint8)
+    return _split_dataset("synthetic", images.numpy(), None, test_fraction=0.1)
 
 
 def load_dataset(name: str, path: str | None = None, resolution: int | None = None) -> ImageDataset:
@@ -185,6 +195,8 @@ def load_dataset(name: str, path: str | None = None, resolution: int | None = No
         return load_cifar10(path)
     if name == "image_folder":
         return load_image_folder(path, resolution)
+    if name == "synthetic":
+        return load_synthetic(resolution)
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -201,7 +213,8 @@ def regime_indices(pool_size: int, fraction: float, seed: int = 0) -> torch.Tens
 
 def pool_size(name: str, path: str | None = None) -> int:
     """Training-pool size without loading pixels, so a plan (and --dry-run) needs no dataset files."""
-    known = {"digits": 1797 - round(1797 * 0.2), "mnist5k": 4000, "cifar10": 50000}
+    known = {"digits": 1797 - round(1797 * 0.2), "mnist5k": 4000, "cifar10": 50000,
+             "synthetic": SYNTHETIC_IMAGES - round(SYNTHETIC_IMAGES * 0.1)}
     if name in known:
         return known[name]
     if name == "image_folder":

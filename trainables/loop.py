@@ -146,7 +146,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     arch = config.resolved_model()
     net = build_denoiser(dataset.resolution, dataset.channels, AUG_DIM, **arch).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
     state = TrainState()
     generators = {"batch": _seeded(config.seed, rank, 1), "loss": _seeded(config.seed, rank, 2)}
@@ -183,6 +183,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     eval_nimg = max(global_batch, int(round(ev.every_kimg * 1000)))
     next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
     train_seconds, train_images = 0.0, 0
+    first_step_at = None
     reports = []
 
     while state.nimg < total_nimg:
@@ -216,11 +217,14 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - started
         train_images += global_batch
+        first_step_at = first_step_at or time.time()
 
         final = state.nimg >= total_nimg
         if state.nimg >= next_eval or final:
             next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
             metrics = {"kimg": state.kimg, "img_per_sec": train_images / max(train_seconds, 1e-9)}
+            if not reports:  # wall-clock time of this process's first step: the driver derives start-up cost from it
+                metrics["first_step_at"] = first_step_at
             train_seconds, train_images = 0.0, 0
             metrics.update(_evaluate(evaluator, ema, final or ev.fid_at == "every", rank, world))
             if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)) and rank == 0:
@@ -280,5 +284,5 @@ def _save(directory: Path, config, net, ema, optimizer, state, generators, world
 
 
 def _format(metrics: dict) -> str:
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "first_step_at")
     return f"eval {shown}"
