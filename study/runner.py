@@ -113,9 +113,11 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
     )
 
 
-def _finish(results, expected: int) -> None:
-    """Tune returns normally after a SIGINT (its state saved); unfinished trials mean the phase was interrupted."""
-    if results.num_terminated + results.num_errors < expected:
+def _finish(output: Path, phase: str, expected: int) -> None:
+    """Tune returns normally after a SIGINT (its state saved). Every trial that really ended has a status in the
+    tracking records; fewer than expected means the phase was interrupted and must not be taken as done."""
+    records = json.loads((output / f"mlflow_runs_{phase}.json").read_text()) if (output / f"mlflow_runs_{phase}.json").exists() else {}
+    if sum("status" in r for r in records.values()) < expected:
         raise KeyboardInterrupt
 
 
@@ -171,8 +173,9 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
                                           grace_period=min(config.scheduler.grace_kimg, total_kimg),
                                           reduction_factor=config.scheduler.reduction_factor)
             n_search = len(regimes) * config.search.trials_per_regime
-            _finish(_tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
-                           plan.concurrency, resume).fit(), n_search)
+            _tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
+                   plan.concurrency, resume).fit()
+            _finish(output, "search", n_search)
             searcher.close_orphans()
             state["phase"] = "confirm"
             _save_state(output, state)
@@ -183,8 +186,9 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             for note in notes:
                 log(note)
             if suggestions:
-                _finish(_tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
-                               "confirm", len(suggestions), plan.concurrency, resume).fit(), len(suggestions))
+                _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
+                       "confirm", len(suggestions), plan.concurrency, resume).fit()
+                _finish(output, "confirm", len(suggestions))
             state["phase"] = "report"
             _save_state(output, state)
     finally:

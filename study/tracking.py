@@ -75,6 +75,17 @@ class MlflowTrialCallback(Callback):
         self.failed_calls = 0
         self._client = None
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    def __setstate__(self, state):
+        """Tune pickles callbacks with its experiment state; on restore the records on disk are the truth."""
+        self.__dict__.update(state)
+        if self.state_file.exists():
+            self.runs = json.loads(self.state_file.read_text())
+
     @property
     def client(self) -> MlflowClient:
         if self._client is None:

