@@ -82,6 +82,29 @@ def evaluation(dataset_name: str, space_name: str, count: int, device: str, repe
     }
 
 
+def demo_trial(steps_only: int | None = None) -> dict:
+    """One trial of the demo study (full training pool), in-process: wall time, time spent on sample metrics, FIDs.
+
+    With `steps_only`, the trial stops after that many optimizer steps: an (almost) untrained model's FID.
+    """
+    from study.config import load_study_config
+    from trainables.loop import run_trial
+    from trainables.session import LocalSession
+
+    trial = load_study_config().trial
+    if steps_only:
+        kimg = steps_only * trial.train.batch_size / 1000
+        trial = trial.model_copy(update={"train": trial.train.model_copy(update={"total_kimg": kimg}),
+                                         "eval": trial.eval.model_copy(update={"every_kimg": kimg})})
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        final = run_trial(trial, LocalSession(Path(folder)), log=lambda _: None)[-1]
+    wall = time.perf_counter() - started
+    return {"kimg": final["kimg"], "trial_seconds": wall, "sample_eval_seconds": final["sample_eval_seconds"],
+            "share": final["sample_eval_seconds"] / wall, "fid": final["fid"], "fid_test": final["fid_test"],
+            "fid_floor": final["fid_floor"], "num_samples": trial.eval.num_samples}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -108,9 +131,17 @@ def main() -> None:
             f" {row['build_cached_seconds']:14.2f} {row['fid_floor']:8.3f} {row['floor_num_samples']:7d} {row['fid_noisy_real']:15.3f}"
         )
 
+    trained, untrained = demo_trial(), demo_trial(steps_only=1)
+    print("\ndemo trial (study/configs/demo.yaml, full pool), sample metrics = sampling + fid + fid_test + memorization + leakage")
+    print(f"{'model':10s} {'kimg':>6s} {'trial s':>8s} {'sample s':>9s} {'share':>6s} {'fid':>8s} {'fid_test':>8s} {'floor':>7s} {'N':>5s}")
+    for name, row in (("trained", trained), ("1 step", untrained)):
+        print(f"{name:10s} {row['kimg']:6.2f} {row['trial_seconds']:8.1f} {row['sample_eval_seconds']:9.2f} {row['share']:6.1%}"
+              f" {row['fid']:8.2f} {row['fid_test']:8.2f} {row['fid_floor']:7.2f} {row['num_samples']:5d}")
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     environment = {"device": args.device, "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor()}
-    RESULTS.write_text(json.dumps({"environment": environment, "throughput": rates, "evaluation": evaluations}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"environment": environment, "throughput": rates, "evaluation": evaluations,
+                                    "demo_trial": {"trained": trained, "untrained_1_step": untrained}}, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
 
 

@@ -245,12 +245,14 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
 def _evaluate(evaluator: Evaluator, ema, with_samples: bool, rank: int, world: int) -> dict:
     ev = evaluator.config.eval
     count = max(ev.num_samples, ev.grid_images) if with_samples else ev.grid_images
+    started = time.perf_counter()
     samples = evaluator.generate(ema, count, rank, world)
     metrics = {"_grid": samples[: ev.grid_images]}
     if rank == 0:
-        metrics.update(evaluator.losses(ema))
         if with_samples:
             metrics.update(evaluator.sample_metrics(samples[: ev.num_samples]))
+            metrics["sample_eval_seconds"] = time.perf_counter() - started  # sampling + FID + memorization + leakage
+        metrics.update(evaluator.losses(ema))
     return metrics
 
 
