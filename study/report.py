@@ -152,6 +152,7 @@ def _plots(summary: list[dict], records: list[dict], folder: Path) -> list[Path]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     sizes = [e["images_in_regime"] for e in summary]
@@ -164,7 +165,12 @@ def _plots(summary: list[dict], records: list[dict], folder: Path) -> list[Path]
             if points:
                 xs, ms, ss = zip(*points)
                 ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=name)
+        floors = [e["fid_floor"] for e in summary if e.get("fid_floor") is not None]
+        if metric.startswith("fid") and floors:
+            ax.axhline(float(np.mean(floors)), color="gray", linestyle=":", label="real-vs-real floor (same N)")
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(x) for x in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training images")
         ax.set_ylabel(label)
         ax.legend()

@@ -36,7 +36,7 @@ BAD_CONFIGS = [
     (["trial.model.preset=huge"], "model.preset: unknown preset 'huge'; choose one of"),
     (["name=my study!"], "name: must be 1-64 letters"),
     (["trial.eval.fid=false"], "search.metric fid needs trial.eval.fid: true"),
-    (["scheduler.metric=fid"], "scheduler.metric fid needs trial.eval.fid_at: every"),
+    (["scheduler.kind=asha", "scheduler.metric=fid"], "scheduler.metric fid needs trial.eval.fid_at: every"),
     (["confirm.seeds=-1"], "confirm.seeds: Input should be greater than or equal to 0"),
     (["trial.clean_augment.cutout_min=0.6", "trial.clean_augment.cutout_max=0.3"], "cutout_min must not exceed cutout_max"),
     (["trial.runtime.device=tpu"], "trial.runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
