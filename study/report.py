@@ -15,19 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.config import StudyConfig
+from study.tracking import load_records
 
 FINAL_METRICS = ("fid", "fid_test", "loss_gap", "train_loss", "test_loss", "memorization", "leakage", "fid_floor", "img_per_sec")
 SUMMARY_METRICS = ("fid", "fid_test", "loss_gap", "memorization", "leakage")
 
 
 def _records(output: Path) -> list[dict]:
-    records = []
-    for phase in ("search", "confirm"):
-        path = output / f"mlflow_runs_{phase}.json"
-        if path.exists():
-            for trial_id, record in json.loads(path.read_text()).items():
-                records.append({"trial_id": trial_id, **record})
-    return records
+    return [{"trial_id": trial_id, **record} for phase in ("search", "confirm")
+            for trial_id, record in load_records(output, phase).items()]
 
 
 def _value(value):

@@ -16,7 +16,7 @@ from study.confirm import FixedSearcher, confirmation_suggestions
 from study.plan import Node, describe, make_plan
 from study.progress import ProgressCallback
 from study.searcher import RegimeSearcher
-from study.tracking import MlflowTrialCallback, connect, start_parent_run
+from study.tracking import MlflowTrialCallback, connect, load_records, records_file, start_parent_run
 from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable
 
 STATE_FILE = "study_state.json"
@@ -116,8 +116,7 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
 def _finish(output: Path, phase: str, expected: int) -> None:
     """Tune returns normally after a SIGINT (its state saved). Every trial that really ended has a status in the
     tracking records; fewer than expected means the phase was interrupted and must not be taken as done."""
-    records = json.loads((output / f"mlflow_runs_{phase}.json").read_text()) if (output / f"mlflow_runs_{phase}.json").exists() else {}
-    if sum("status" in r for r in records.values()) < expected:
+    if sum("status" in r for r in load_records(output, phase).values()) < expected:
         raise KeyboardInterrupt
 
 
@@ -160,7 +159,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
         metric = config.search.metric
 
         def callbacks(phase: str, total: int):
-            return [MlflowTrialCallback(config.tracking_uri, experiment_id, parent, output / f"mlflow_runs_{phase}.json",
+            return [MlflowTrialCallback(config.tracking_uri, experiment_id, parent, records_file(output, phase),
                                         phase, total_kimg, base_trial),
                     ProgressCallback(phase, total, metric, total_kimg)]
 

@@ -25,6 +25,16 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be reached at study start."""
 
 
+def records_file(output: Path, phase: str) -> Path:
+    """Where the driver keeps one record per trial of a phase (run id, status, metric history)."""
+    return output / f"mlflow_runs_{phase}.json"
+
+
+def load_records(output: Path, phase: str) -> dict[str, dict]:
+    path = records_file(output, phase)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def nimg_step(kimg: float) -> int:
     """MLflow steps are integers: the kimg axis in images (kimg x 1000)."""
     return int(round(kimg * 1000))
