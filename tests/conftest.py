@@ -1,7 +1,16 @@
-"""Shared fixtures: one local Ray instance per test session, started only by tests that need it."""
+"""Shared fixtures: one Ray instance per test session, started only by tests that need it.
+
+That instance is a real multi-node cluster on this machine (`ray.cluster_utils.Cluster`), shaped like the
+`ray up` cluster in cluster.yaml: a head node with the `trial_driver` resource, the dashboard and no CPUs,
+and worker nodes that hold the CPUs. Every trial's DDP workers therefore run on worker nodes, and a test can
+add or remove a node under a running trial.
+"""
 
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,14 +25,70 @@ TINY_TRIAL = [
     "eval.grid_images=16", "eval.fid=false", "runtime.threads=1",
 ]
 
+# The session cluster: head (0 CPU, trial drivers, dashboard) + worker nodes of 1 CPU each.
+TRIAL_DRIVERS = 2
+WORKER_NODES = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # 8265 may be taken by another Ray on this machine
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _SessionCluster:
+    def __init__(self):
+        self.cluster = None
+        self.tmpdir = None
+
+
+_SESSION = _SessionCluster()
+
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A 2-CPU local Ray with the trial-driver resource and the dashboard (Tune needs it to free stopped trials)."""
+    """A head node + 3 one-CPU worker nodes, token auth on; yields the connected `ray` module."""
     import ray
+    from ray._private.authentication.authentication_token_setup import (
+        enable_token_auth_by_default,
+        ensure_token_if_auth_enabled,
+    )
+    from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    ray.init(num_cpus=2, resources={"trial_driver": 2}, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    # Ray Train's controller polls its workers every 2 s by default; the study runner lowers it for the Ray it
+    # starts, and so does this cluster (its processes inherit the environment at node start).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # A private Ray temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain `ray.init()` elsewhere
+    # on this machine would otherwise pick up and try to join. Short, for the length limit of Unix socket paths.
+    _SESSION.tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    previous_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = _SESSION.tmpdir
+    # Token auth as `ray.init()` turns it on for a local cluster (Ray 2.60); every node started below inherits it.
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "resources": {"trial_driver": TRIAL_DRIVERS}, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
+    })
+    for _ in range(WORKER_NODES):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    _SESSION.cluster = cluster
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     yield ray
     ray.shutdown()
+    cluster.shutdown()
+    _SESSION.cluster = None
+    if previous_tmpdir is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous_tmpdir
+    shutil.rmtree(_SESSION.tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster(ray_session):
+    """The session's `ray.cluster_utils.Cluster`, for tests that add or remove nodes (they restore the shape)."""
+    return _SESSION.cluster

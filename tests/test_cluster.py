@@ -1,0 +1,357 @@
+"""Scale-out: the `ray up` configs validated by Ray's own cluster launcher code (cloud provider mocked), a study
+trial whose DDP workers span nodes and survive losing one, and a study tracked by a real `mlflow server`."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from unittest import mock
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study.config import load_study_config
+from study.runner import run_study
+from tests.conftest import ROOT, TINY_TRIAL, WORKER_NODES
+
+CLUSTER_YAML = ROOT / "cluster.yaml"
+CLUSTER_LOCAL_YAML = ROOT / "cluster-local.yaml"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cluster.yaml / cluster-local.yaml, checked offline the way `ray up` checks them
+
+class _OfflineProvider:
+    """Stands in for the AWS node provider: `ray up` would query EC2 for instance types and create IAM roles,
+    subnets and security groups here. Everything else in the config path is Ray's own code."""
+
+    @staticmethod
+    def fillout_available_node_types_resources(config):
+        return config
+
+    @staticmethod
+    def bootstrap_config(config):
+        return config
+
+
+def _bootstrap(path: Path) -> dict:
+    """`ray up`'s config path: load YAML, fill defaults, validate against ray-schema.json (Ray's own code)."""
+    from ray.autoscaler._private import commands, providers
+
+    config = yaml.safe_load(path.read_text())
+    aws = providers._NODE_PROVIDERS["aws"]
+    with mock.patch.dict(providers._NODE_PROVIDERS, {"aws": lambda provider_config: _OfflineProvider}):
+        assert providers._NODE_PROVIDERS["aws"] is not aws
+        return commands._bootstrap_config(config, no_config_cache=True)
+
+
+def _commands(config: dict, key: str) -> str:
+    return "\n".join(config[key])
+
+
+PRIVATE_IP = "$(hostname -I | awk '{print $1}')"  # the node's first (VPC-private) address
+
+
+def _check_mlflow_server(config: dict, artifacts_prefix: str) -> None:
+    """An MLflow server started on the head: sqlite, artifacts proxied to shared storage, private address only."""
+    line = next(line for line in config["head_start_ray_commands"] if "mlflow server" in line)
+    assert "--backend-store-uri sqlite:///" in line
+    assert f"--artifacts-destination {artifacts_prefix}" in line
+    host = line.split("--host ", 1)[1]
+    assert host.startswith(PRIVATE_IP) or host.startswith("127.0.0.1"), host
+    assert "0.0.0.0" not in line and "::" not in line
+    assert any("SCOREAUG_TRACKING_URI=http://" + PRIVATE_IP + ":5000" in c for c in config["head_start_ray_commands"])
+    assert "mlflow server" not in _commands(config, "worker_start_ray_commands")
+
+
+def _check_common(config: dict) -> None:
+    import ray
+
+    assert ray.__version__ == "2.60.0"
+    pinned = f'"ray[default,train,tune]=={ray.__version__}"'
+    assert pinned.strip('"') in (ROOT / "pyproject.toml").read_text()
+    setup = _commands(config, "setup_commands")
+    assert pinned in setup  # the same Ray on every node as on the machine that submits
+    assert "pip install -q torch==2.13.0" in setup  # torch before the project: the project asks only torch>=2.4
+    assert config["file_mounts"]["~/scoreaug-study"] == "." and "pip install -q -e ~/scoreaug-study" in setup
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):  # token auth on every node
+        start = next(c for c in config[key] if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token" in start, start
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--head" in head_start and "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_cluster_yaml_passes_ray_validation_and_keeps_the_contract():
+    config = _bootstrap(CLUSTER_YAML)
+    assert config["provider"]["type"] == "aws"
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
+    # Trial drivers run on the head only; the head trains nothing.
+    assert head["resources"].get("trial_driver", 0) >= 1 and head["resources"]["CPU"] == 0
+    assert head["resources"].get("GPU", 0) == 0 and head["max_workers"] == 0
+    assert workers and all("trial_driver" not in t["resources"] for t in workers.values())
+    # Autoscaling GPU workers: a single-GPU and an 8-GPU type, none kept running when idle.
+    assert all(t["resources"].get("GPU", 0) >= 1 for t in workers.values())
+    assert {t["resources"]["GPU"] for t in workers.values()} >= {1, 8}
+    assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in workers.values())
+    # cifar10.yaml's trial (8 workers x 8 CPU x 1 GPU) fits the 8-GPU type, one worker fits the 1-GPU type.
+    study = load_study_config(str(ROOT / "study" / "configs" / "cifar10.yaml")).resources
+    assert any(t["resources"]["GPU"] >= study.num_workers * study.gpus_per_worker
+               and t["resources"]["CPU"] >= study.num_workers * study.cpus_per_worker for t in workers.values())
+    assert study.autoscaling
+    _check_common(config)
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in _commands(config, "head_start_ray_commands")
+    _check_mlflow_server(config, "$SCOREAUG_S3/")
+    assert "export SCOREAUG_S3=s3://" in _commands(config, "setup_commands")
+    # Nothing reachable from the internet but the SSH rule Ray adds itself.
+    for rule in config["provider"]["security_group"]["IpPermissions"]:
+        public = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", []))
+        assert not public or (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+
+
+def test_cluster_local_yaml_passes_ray_validation():
+    config = _bootstrap(CLUSTER_LOCAL_YAML)
+    assert config["provider"]["type"] == "local"
+    assert config["provider"]["head_ip"] and len(config["provider"]["worker_ips"]) >= 1
+    # On-prem node types come from `ray start`: trial_driver and no CPU on the head, nothing extra on workers.
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--resources='{\"trial_driver\": 64}'" in head_start and "--num-cpus=0" in head_start
+    assert "trial_driver" not in _commands(config, "worker_start_ray_commands")
+    _check_common(config)
+    _check_mlflow_server(config, "$SCOREAUG_SHARED/")
+
+
+def test_bad_cluster_yaml_is_rejected_by_the_same_validation(tmp_path):
+    """The check above can fail: a key the schema does not know is refused."""
+    import jsonschema
+
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    config["available_node_types"][config["head_node_type"]]["resourcez"] = {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(jsonschema.ValidationError):
+        _bootstrap(bad)
+
+
+@pytest.mark.parametrize("storage, kind", [
+    ("s3://my-bucket/scoreaug/tune", "s3 object store, shared by every node"),
+    ("gs://my-bucket/scoreaug/tune", "gs object store, shared by every node"),
+    ("/mnt/shared/scoreaug/tune", "shared path: every node must see it at this path"),
+])
+def test_dry_run_shows_shared_storage_and_tracking_server(storage, kind, capsys):
+    from study.run import main
+
+    argv = ["--dry-run", "--config", str(ROOT / "study" / "configs" / "cifar10.yaml"),
+            "--set", f"storage_path={storage}", "--set", "tracking.uri=http://10.0.0.5:5000"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"  tune storage: {storage} ({kind}" in out
+    assert "  tracking: http://10.0.0.5:5000 (experiment cifar10)" in out
+    assert "8 worker(s) x (8 CPU, 1 GPU)" in out and "(resources are checked against the cluster at launch)" in out
+
+
+def test_storage_path_is_absolute_on_the_driver_and_a_bucketless_uri_is_refused(tmp_path, monkeypatch, capsys):
+    from study.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert load_study_config(None, ["storage_path=shared/tune"]).tune_storage == str(tmp_path / "shared" / "tune")
+    assert load_study_config(None, ["storage_path=s3://b/p"]).tune_storage == "s3://b/p"
+    assert "local to this machine" in (main(["--dry-run"]) == 0 and capsys.readouterr().out)
+    assert main(["--dry-run", "--set", "storage_path=s3://"]) == 2
+    assert "storage_path: must be a path shared by every node" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A trial across nodes, losing one of them
+
+def _train_workers(state) -> dict[str, str]:
+    """Alive Ray Train worker actors (id -> node id), from Ray's state API."""
+    actors = state.list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], limit=100)
+    return {a["actor_id"]: a["node_id"] for a in actors}
+
+
+def _first_report_seen(output: Path) -> bool:
+    path = output / "mlflow_runs_search.json"
+    try:
+        records = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return False
+    return any(r.get("last_step", -1) >= 128 for r in records.values())
+
+
+@pytest.mark.slow
+def test_ddp_trial_spans_nodes_and_survives_losing_one(ray_cluster, tmp_path):
+    """Two DDP ranks on two worker nodes; one node is removed mid-trial; the trial resumes on what is left."""
+    from ray.util import state
+
+    output, shared = tmp_path / "study", tmp_path / "shared"  # shared: what an NFS mount is on a real cluster
+    total_kimg = 1.024
+    overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=multinode", f"output={output}", f"storage_path={shared}", "regimes=[1.0]", "search.trials_per_regime=2", "search.metric=test_loss",
+        "scheduler.kind=none", "confirm.seeds=0", f"trial.train.total_kimg={total_kimg}",
+        "resources.num_workers=2", "resources.cpus_per_worker=1", "resources.max_failures=2", "resources.max_concurrent=1",
+    ]
+    config = load_study_config(None, overrides)
+    worker_nodes = {node.node_id: node for node in ray_cluster.worker_nodes}
+    assert len(worker_nodes) == WORKER_NODES
+    seen: dict = {}
+
+    def remove_a_node_mid_trial():
+        deadline = time.time() + 300
+        while time.time() < deadline and "removed" not in seen:
+            placed = _train_workers(state)
+            if len(placed) == 2 and _first_report_seen(output):  # trials run one at a time: these are one trial's
+                seen["first_group"] = placed
+                seen["removed"] = sorted(placed.values())[0]
+                ray_cluster.remove_node(worker_nodes[seen["removed"]], allow_graceful=False)
+            time.sleep(0.1)
+        while time.time() < deadline:  # the same trial's next worker group (the next trial waits for this one)
+            fresh = {a: n for a, n in _train_workers(state).items() if a not in seen["first_group"]}
+            if len(fresh) == 2:
+                seen["second_group"] = fresh
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=remove_a_node_mid_trial, daemon=True)
+    watcher.start()
+    try:
+        run_study(config, log=lambda *_: None)
+    finally:
+        watcher.join(timeout=10)
+        while len(ray_cluster.worker_nodes) < WORKER_NODES:  # give the session back its shape
+            ray_cluster.add_node(num_cpus=1)
+        ray_cluster.wait_for_nodes()
+
+    # The two DDP ranks ran on two different worker nodes (the head has no CPU), and one of those nodes was lost;
+    # the restarted worker group ran on the two nodes left.
+    assert "removed" in seen, "the trial never had two workers placed while it was running"
+    first, second = set(seen["first_group"].values()), set(seen.get("second_group", {}).values())
+    assert len(first) == 2 and first <= set(worker_nodes), seen
+    assert len(second) == 2 and seen["removed"] not in second and second <= set(worker_nodes), seen
+
+    table = pq.read_table(output / "results.parquet").to_pylist()
+    assert len(table) == 2 and all(r["status"] == "completed" and r["kimg"] == pytest.approx(total_kimg) for r in table)
+
+    # Tune's own log of every report: each worker process marks its first report with `first_step_at`. The trial
+    # that lost a node had a second worker group, which resumed from a checkpoint, not from zero.
+    restarted = []
+    steps = list(range(128, round(total_kimg * 1000) + 1, 128))
+    # Tune's results and Train's checkpoints (written by workers on the worker nodes) are in the shared storage.
+    assert not (output / "tune").exists() and len(list(shared.glob("train-*/checkpoint_*"))) >= 2
+    result_files = list((shared / "search").glob("*/result.json"))
+    assert len(result_files) == 2
+    for result_file in result_files:
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line]
+        kimgs = [round(r["kimg"] * 1000) for r in reports]
+        starts = [i for i, r in enumerate(reports) if r.get("first_step_at")]
+        assert starts[0] == 0 and kimgs[-1] == steps[-1], kimgs
+        if len(starts) > 1:
+            resumed_at = kimgs[starts[1]]
+            assert resumed_at > 128 and resumed_at - 128 in kimgs[: starts[1]], kimgs  # from a reported checkpoint
+            assert kimgs[starts[1]:] == list(range(resumed_at, steps[-1] + 1, 128)), kimgs
+            restarted.append(reports[0]["trial_id"])
+        else:
+            assert kimgs == steps, kimgs
+    assert len(restarted) == 1, "exactly one trial should have lost a node and resumed"
+
+    # MLflow: the resumed trial is one child run holding one continuous history, no duplicate and no gap.
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("multinode").experiment_id], max_results=100)
+    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(children) == 2
+    run_id = children[restarted[0]].info.run_id
+    assert run_id == next(r["mlflow_run_id"] for r in table if r["trial_id"] == restarted[0])
+    history = client.get_metric_history(run_id, "kimg")
+    assert [m.step for m in history] == steps
+    assert all(m.value == pytest.approx(m.step / 1000) for m in history)
+    assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == steps
+    assert [a.path for a in client.list_artifacts(run_id, "samples")]  # grids read back from the shared storage
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A study tracked by a real MLflow server, as on the cluster's head
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert server.poll() is None, log.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)  # polling the server's health endpoint, not waiting a fixed time
+    raise AssertionError(f"mlflow server at {url} did not answer /health in {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+@pytest.mark.slow
+def test_study_tracks_to_an_mlflow_server(ray_session, tmp_path):
+    """`mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1; a `study/run.py --address` job logs to it."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    artifacts = tmp_path / "server-artifacts"
+    log = tmp_path / "mlflow-server.log"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(url, server, log)
+        output = tmp_path / "study"
+        sets = [f"trial.{s}" for s in TINY_TRIAL] + [
+            "name=served", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=2", "trial.eval.fid=true",
+            "scheduler.kind=none", "confirm.seeds=0", "resources.max_concurrent=2", f"tracking.uri={url}",
+        ]
+        address = ray_session.get_runtime_context().gcs_address
+        driver = subprocess.run(
+            [sys.executable, "study/run.py", "--address", address] + sum((["--set", s] for s in sets), []),
+            cwd=ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        assert driver.returncode == 0, (driver.stdout + driver.stderr)[-3000:]
+        assert f"tracking: {url} (experiment served)" in driver.stdout
+
+        client = MlflowClient(tracking_uri=url)
+        experiment = client.get_experiment_by_name("served")
+        runs = client.search_runs([experiment.experiment_id], max_results=100)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parents) == 1 and len(children) == 2
+        assert parents[0].info.status == "FINISHED" and parents[0].data.tags["dataset"] == "digits"
+        for child in children:
+            assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert child.data.tags["status"] == "completed" and child.info.status == "FINISHED"
+            for metric in ("train_loss", "test_loss", "loss_gap", "kimg"):
+                assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [128, 256], metric
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")] == [256]
+            assert child.data.metrics["fid"] > 0
+            assert [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
+        assert {"results.parquet", "study_config.yaml", "report"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+        # Artifacts went through the server to its --artifacts-destination (S3 on a cluster), none to the study
+        # folder, and no local tracking store was made.
+        assert list(artifacts.rglob("results.parquet")) and list(artifacts.rglob("kimg-*.png"))
+        assert not (output / "mlflow.db").exists() and not list((output / "mlartifacts").rglob("*.*"))
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the group of the server this test started (its workers too)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
