@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from study.config import StudyConfig
+from study.cost import describe_cost
 from trainables.data import pool_size, regime_size
 
 
@@ -69,31 +70,50 @@ def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
     regimes = [(config.regime_name(f), f, regime_size(pool, f)) for f in config.regimes]
     r = config.resources
     concurrency = check_fits(config, nodes) if nodes is not None else (r.max_concurrent or 1)
+    ablation = config.ablation
     return Plan(
         regimes=regimes,
-        trials_per_regime=config.search.trials_per_regime,
-        confirmation_trials=len(regimes) * 2 * config.confirm.seeds,
+        # an ablation runs each arm once per seed per regime, with no search and no confirmation
+        trials_per_regime=len(ablation.arms) * ablation.seeds if ablation else config.search.trials_per_regime,
+        confirmation_trials=0 if ablation else len(regimes) * 2 * config.confirm.seeds,
         cpus_per_trial=r.num_workers * r.cpus_per_worker,
         gpus_per_trial=r.num_workers * r.gpus_per_worker,
         concurrency=concurrency,
     )
 
 
+def storage_kind(config: StudyConfig) -> str:
+    """How the nodes share Tune/Train storage: every worker writes checkpoints there and the driver reads them."""
+    if "://" in config.tune_storage:
+        scheme = config.tune_storage.split("://", 1)[0]
+        return f"{scheme} object store, shared by every node" if scheme != "file" else "local file URI: one machine only"
+    if config.storage_path:
+        return "shared path: every node must see it at this path, e.g. an NFS mount"
+    return "local to this machine: on a multi-node cluster set storage_path to s3://, gs:// or an NFS path"
+
+
 def describe(config: StudyConfig, plan: Plan) -> str:
     r = config.resources
-    lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
-             f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs)"]
+    if config.ablation:
+        lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials (ablation: "
+                 f"{len(config.ablation.arms)} arms x {config.ablation.seeds} seeds per regime, no search)"]
+    else:
+        lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
+                 f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs)"]
     for name, fraction, images in plan.regimes:
         lines.append(f"  regime {name}: {fraction:g} of the training set = {images} images")
     lines += [
-        f"  per trial: {r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
+        f"  per trial: {r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
+        f"{' in the reused trial process' if r.reuse_trial_process and r.num_workers == 1 else ''}, "
         f"{config.trial.train.total_kimg:g} kimg, eval every {config.trial.eval.every_kimg:g} kimg",
+        f"  arms: {', '.join(config.ablation.arms)}" if config.ablation else
         f"  search: {config.search.space} (Optuna TPE, seed {config.search.seed}) on {config.search.metric}; "
         f"early stopping: {config.scheduler.kind} on {config.scheduler.metric}",
         f"  concurrency: {plan.concurrency} trial(s) at once",
         f"  output: {config.output_dir}",
-        f"  tune storage: {config.tune_storage}",
+        f"  tune storage: {config.tune_storage} ({storage_kind(config)})",
         f"  optuna storage: sqlite:///{config.output_dir / 'optuna.db'}",
         f"  tracking: {config.tracking_uri} (experiment {config.experiment_name})",
     ]
-    return "\n".join(lines)
+    cost = describe_cost(config, plan.total_trials)
+    return "\n".join(lines + ([cost] if cost else []))

@@ -22,7 +22,7 @@ SUMMARY_METRICS = ("fid", "fid_test", "loss_gap", "memorization", "leakage")
 
 
 def _records(output: Path) -> list[dict]:
-    return [{"trial_id": trial_id, **record} for phase in ("search", "confirm")
+    return [{"trial_id": trial_id, **record} for phase in ("search", "confirm", "ablation")
             for trial_id, record in load_records(output, phase).items()]
 
 
@@ -61,8 +61,11 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             "status": record.get("status", "unfinished"),
             "failure_reason": record.get("reason", ""),
             "wall_time_s": (record.get("ended") or record["started"]) - record["started"],
+            "trial_started_at": record["started"],
             "startup_s": record["first_step_at"] - record["started"] if record.get("first_step_at") else None,
             "train_time_s": _train_seconds(history),
+            # first training step to the trial's end: training plus its own evaluations, without start-up
+            "loop_time_s": record["ended"] - record["first_step_at"] if record.get("ended") and record.get("first_step_at") else None,
             "kimg": last.get("kimg"),
             "mlflow_run_id": record["run_id"],
         }
@@ -218,6 +221,9 @@ def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, 
     pq.write_table(_table(rows), output / "results.parquet")
     report = output / "report"
     report.mkdir(exist_ok=True)
+    if config.ablation:
+        _write_ablation_report(config, rows, output, report, client, parent_run_id, log)
+        return
     summary = summarize(rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
     notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
@@ -226,6 +232,21 @@ def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, 
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md"]
     artifacts += _plots(summary, records, report)
     artifacts += best_configs(config, rows, report)
+    for path in artifacts:
+        client.log_artifact(parent_run_id, str(path), "report" if path.parent == report else None)
+    log(markdown)
+
+
+def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, client, parent_run_id: str,
+                           log=print) -> None:
+    from study.ablation import arms_markdown, arms_plot, summarize_arms
+
+    summary = summarize_arms(config, rows)
+    pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")
+    notes = [f"- {sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "diverged", "failed")]
+    markdown = arms_markdown(summary) + "\n".join(notes) + "\n"
+    (report / "ablation.md").write_text(markdown)
+    artifacts = [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]
     for path in artifacts:
         client.log_artifact(parent_run_id, str(path), "report" if path.parent == report else None)
     log(markdown)

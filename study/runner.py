@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 from study.config import StudyConfig
+from study.ablation import ablation_suggestions
 from study.confirm import FixedSearcher, confirmation_suggestions
 from study.plan import Node, describe, make_plan
 from study.progress import ProgressCallback
 from study.searcher import RegimeSearcher
 from study.tracking import MlflowTrialCallback, connect, load_records, records_file, start_parent_run
-from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable
+from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
 
 STATE_FILE = "study_state.json"
 
@@ -78,6 +79,9 @@ def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int) 
                              "resource; start its head with --resources='{\"trial_driver\": 64}' (cluster.yaml does)")
         return True
     cpus = config.resources.num_cpus or os.cpu_count() or 1
+    # Ray Train's controller polls its workers at this interval (default 2 s): every trial waits for a poll to start
+    # its worker group and another to see it finish. Set before Ray starts, so its processes inherit it.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     # The dashboard must run: Tune frees an early-stopped trial's worker placement group through its state API.
     ray.init(num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
@@ -101,15 +105,18 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
     from ray.tune.search import ConcurrencyLimiter
 
     path = f"{config.tune_storage.rstrip('/')}/{name}"
-    trainable = tune.with_resources(trainable, {"CPU": 0, TRIAL_DRIVER_RESOURCE: 1})
+    in_process = trains_in_trial_process(config.resources.model_dump())
+    trainable = tune.with_resources(trainable, trial_resources(config.resources.model_dump()))
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                    scheduler=scheduler, num_samples=num_samples, reuse_actors=False),
+                                    scheduler=scheduler, num_samples=num_samples, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=config.tune_storage, callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # Ray Train retries a worker group; a trial in its own process is retried by Tune.
+                                  failure_config=tune.FailureConfig(max_failures=config.resources.max_failures
+                                                                    if in_process else 0)),
     )
 
 
@@ -163,9 +170,19 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
                                         phase, total_kimg, base_trial),
                     ProgressCallback(phase, total, metric, total_kimg)]
 
-        searcher = RegimeSearcher(regimes, config.search.space, storage_url, config.name, config.search.trials_per_regime,
-                                  config.search.seed, metric, base_dropout, total_kimg)
+        if config.ablation and state["phase"] == "search":
+            state["phase"] = "ablation"
+        if state["phase"] == "ablation":
+            suggestions = ablation_suggestions(config, regimes)
+            _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("ablation", len(suggestions)),
+                   "ablation", len(suggestions), plan.concurrency, resume).fit()
+            _finish(output, "ablation", len(suggestions))
+            state["phase"] = "report"
+            _save_state(output, state)
+
         if state["phase"] == "search":
+            searcher = RegimeSearcher(regimes, config.search.space, storage_url, config.name, config.search.trials_per_regime,
+                                      config.search.seed, metric, base_dropout, total_kimg)
             scheduler = None
             if config.scheduler.kind == "asha":
                 scheduler = ASHAScheduler(time_attr="kimg", metric=config.scheduler.metric, mode="min", max_t=total_kimg,

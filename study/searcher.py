@@ -79,7 +79,8 @@ class RegimeSearcher(Searcher):
         return self._studies[regime]
 
     def _next_regime(self) -> str | None:
-        asked = {r: len(self.study(r).trials) for r in self.regimes}
+        # The enqueued baseline waits in the study until asked: it is not yet a trial handed out.
+        asked = {r: sum(t.state != TrialState.WAITING for t in self.study(r).get_trials(deepcopy=False)) for r in self.regimes}
         open_regimes = [r for r, n in asked.items() if n < self.trials_per_regime]
         return min(open_regimes, key=lambda r: asked[r]) if open_regimes else None
 

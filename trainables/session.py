@@ -73,15 +73,19 @@ class RayTrainSession:
 
     def __init__(self):
         import ray.train
+        import ray.train.torch
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
-        import ray.train.torch
-
         self.device = ray.train.torch.get_device()
         self._checkpoint = ray.train.get_checkpoint()
         self._held = None
+
+    def _report(self, metrics: dict, checkpoint) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> Path | None:
         if self._checkpoint is None:
@@ -98,7 +102,7 @@ class RayTrainSession:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        self._report(metrics, checkpoint)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -107,3 +111,27 @@ class RayTrainSession:
 
     def scratch_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="scoreaug-ckpt-"))
+
+
+class TuneTrialSession(RayTrainSession):
+    """The one worker of Ray Train's local mode, inside a Tune trial: Ray Train's APIs are off limits there
+    (and local mode keeps reports to itself), so reports and checkpoints go through the Tune trial, which
+    persists them and resumes from them. Ray gives the trial process its GPU, if any, as cuda:0."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self):
+        import ray.tune
+
+        self.device = auto_device("auto")
+        self._checkpoint = ray.tune.get_checkpoint()
+        self._held = None
+
+    def _report(self, metrics: dict, checkpoint) -> None:
+        import ray.tune
+
+        ray.tune.report(metrics, checkpoint=checkpoint)
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net.to(self.device)

@@ -1,0 +1,88 @@
+"""Ablations: fixed arms (no search), each run in every regime with several training seeds.
+
+An ablation asks "what does this one choice do?" (say, rotation with or without the transform label),
+so every arm gets the same budget and the same seeds, and the report gives each metric's mean and
+spread over seeds per arm. Trials go through the same trainable, tracking and resume logic as a search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from study.config import StudyConfig
+
+ARM_METRICS = ("leakage", "fid", "fid_test", "memorization", "loss_gap")
+
+
+def ablation_suggestions(config: StudyConfig, regimes: dict[str, float]) -> list[dict]:
+    """One suggestion per (regime, arm, seed), seeds outermost so a cut-short run still covers every arm."""
+    ablation = config.ablation
+    return [{"regime": regime, "regime_fraction": fraction, "role": arm, "overrides": dict(overrides),
+             "seed": ablation.seed_offset + k}
+            for k in range(ablation.seeds)
+            for regime, fraction in regimes.items()
+            for arm, overrides in ablation.arms.items()]
+
+
+def summarize_arms(config: StudyConfig, rows: list[dict]) -> list[dict]:
+    """Per regime and arm: mean and sample standard deviation over the completed seeds."""
+    out = []
+    done = [r for r in rows if r["phase"] == "ablation" and r["status"] == "completed"]
+    for regime in sorted({r["regime"] for r in rows}, key=lambda name: next(r["regime_fraction"] for r in rows if r["regime"] == name)):
+        for arm, overrides in config.ablation.arms.items():
+            group = [r for r in done if r["regime"] == regime and r["role"] == arm]
+            entry = {"regime": regime, "arm": arm, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()),
+                     "seeds": len(group)}
+            for metric in (*ARM_METRICS, "fid_floor"):
+                values = np.array([r[metric] for r in group if r.get(metric) is not None], dtype=float)
+                entry[f"{metric}_mean"] = float(values.mean()) if values.size else None
+                entry[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+            out.append(entry)
+    return out
+
+
+def _cell(mean, std) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def arms_markdown(summary: list[dict]) -> str:
+    lines = ["| regime | arm | seeds | leakage | FID | FID test | FID floor | memorization | loss gap | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        lines.append(f"| {e['regime']} | {e['arm']} | {e['seeds']} | " + " | ".join(
+            _cell(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[:3]) + f" | {_cell(e['fid_floor_mean'], None)} | "
+            + " | ".join(_cell(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[3:]) + f" | {e['overrides']} |")
+    lines += ["", "Means ± sample standard deviation over training seeds, every arm at the same budget and seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def arms_plot(summary: list[dict], folder) -> list:
+    """Leakage and FID per arm (error bars: seed spread), one panel each, regimes side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(e["arm"] for e in summary))
+    regimes = list(dict.fromkeys(e["regime"] for e in summary))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(arms) + 2), sharey=True)
+    height = 0.8 / len(regimes)
+    for ax, metric in zip(axes, ("leakage", "fid")):
+        for j, regime in enumerate(regimes):
+            entries = {e["arm"]: e for e in summary if e["regime"] == regime}
+            means = [entries[a][f"{metric}_mean"] or 0.0 for a in arms]
+            errors = [entries[a][f"{metric}_std"] or 0.0 for a in arms]
+            ax.barh(np.arange(len(arms)) + j * height, means, height, xerr=errors, label=regime, capsize=2)
+        ax.set_xlabel(metric)
+    floors = [e["fid_floor_mean"] for e in summary if e["fid_floor_mean"] is not None]
+    if floors:
+        axes[1].axvline(float(np.mean(floors)), color="k", linestyle=":", label="real-vs-real floor")
+    axes[0].set_yticks(np.arange(len(arms)) + 0.4 - height / 2, arms)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "ablation.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
