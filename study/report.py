@@ -213,6 +213,40 @@ def best_configs(config: StudyConfig, rows: list[dict], folder: Path) -> list[Pa
     return paths
 
 
+def param_importances(config: StudyConfig, output: Path, regimes: list[str]) -> dict[str, dict[str, float]]:
+    """Per regime, Optuna's fANOVA importance of each searched parameter that every finished trial has.
+
+    With a handful of trials per regime these are rough; a regime with too few finished trials is left out."""
+    import optuna
+
+    from study.searcher import optuna_storage
+
+    storage = optuna_storage(f"sqlite:///{output / 'optuna.db'}")
+    found = {}
+    for regime in regimes:
+        try:
+            study = optuna.load_study(study_name=f"{config.name}-{regime}", storage=storage)
+            importance = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except (KeyError, RuntimeError, ValueError):  # no such study, too few finished trials, or nothing varies
+            continue
+        if importance:
+            found[regime] = {k: float(v) for k, v in importance.items()}
+    return found
+
+
+def importances_markdown(importances: dict[str, dict[str, float]]) -> str:
+    if not importances:
+        return "No regime finished enough trials for parameter importances.\n"
+    params = sorted({p for imp in importances.values() for p in imp})
+    lines = ["| regime | " + " | ".join(params) + " |", "|---|" + "---|" * len(params)]
+    for regime, imp in importances.items():
+        lines.append(f"| {regime} | " + " | ".join(f"{imp[p]:.2f}" if p in imp else "n/a" for p in params) + " |")
+    lines.append("")
+    lines.append("Optuna fANOVA importance of each searched parameter for the search metric, per regime (sums to 1); "
+                 "parameters that only some trials have (conditional ones) are not rated.")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, log=print) -> None:
     from trainables.data import pool_size
 
@@ -228,8 +262,11 @@ def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, 
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
     notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
     markdown = summary_markdown(summary, notes)
+    importances = param_importances(config, output, [e["regime"] for e in summary])
+    (report / "importances.json").write_text(json.dumps(importances, indent=1))
+    markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
     (report / "summary.md").write_text(markdown)
-    artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md"]
+    artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
     artifacts += _plots(summary, records, report)
     artifacts += best_configs(config, rows, report)
     for path in artifacts:

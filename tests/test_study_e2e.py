@@ -122,6 +122,9 @@ def test_real_study_end_to_end(ray_session, tmp_path):
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"results.parquet", "report", "study_config.yaml"} <= parent_artifacts
     assert (output / "report" / "summary.md").exists() and (output / "report" / "fid_vs_size.png").exists()
+    assert "## Which searched parameters mattered" in (output / "report" / "summary.md").read_text()
+    importances = json.loads((output / "report" / "importances.json").read_text())
+    assert set(importances) <= {"r0.25", "r1"} and all(abs(sum(v.values()) - 1) < 1e-6 for v in importances.values())
     state = json.loads((output / "study_state.json").read_text())
     assert state["phase"] == "done" and state["parent_run_id"] == parents[0].info.run_id
 
