@@ -1,0 +1,277 @@
+"""Faults injected for real, outcomes read back from MLflow, Optuna storage and Parquet (docs/reliability.md).
+
+Fast tests: an unwritable output folder and a dead tracking server (real `study/run.py` subprocesses), and
+determinism (the worker loop twice in-process, the searcher twice). Slow tests (marked): a diverging trial
+inside a real study, and a real Ray Train worker process killed by PID in the middle of a trial.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import ResourcesConfig, load_study_config
+from study.runner import run_study
+from tests.conftest import ROOT, TINY_TRIAL
+
+TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds"}
+
+
+def _free_port() -> int:
+    """A port nobody listens on: bound, read, released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_cli(*args, timeout=60, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "study/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    return lines[0]
+
+
+def _worker_group() -> list[str]:
+    """Settings that keep a 1-worker trial in a real Ray Train worker group (a config that can train it inside the
+    Tune trial process instead has `resources.reuse_trial_process`)."""
+    return ["resources.reuse_trial_process=false"] if "reuse_trial_process" in ResourcesConfig.model_fields else []
+
+
+# ---------------------------------------------------------------- unwritable output folder
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "read_only_folder"])
+def test_unwritable_output_is_one_error_line_before_anything_starts(tmp_path, kind):
+    if kind == "under_a_file":  # fails for every user, root included
+        (tmp_path / "a_file").write_text("not a folder")
+        output = tmp_path / "a_file" / "study"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("running as root: mode 0o500 does not stop root from writing (the under_a_file case covers it)")
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        output = locked / "study"
+    try:
+        result = _run_cli("--set", "name=unwritable", "--output", str(output))
+    finally:
+        if kind == "read_only_folder":
+            (tmp_path / "locked").chmod(0o700)
+    _assert_one_error_line(result, f"cannot write to output folder {output}")
+    assert not output.exists()
+
+
+# ---------------------------------------------------------------- tracking unreachable at start
+
+
+def test_unreachable_tracking_fails_fast_before_ray_starts(tmp_path):
+    """A tracking URI where nobody listens: one line, exit 2, well before MLflow's own retries (minutes) would end.
+    `--address` names a dead Ray too: reaching Ray at all would fail differently (or hang past the timeout)."""
+    output = tmp_path / "study"
+    tracking = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    result = _run_cli("--set", "name=no-tracking", "--set", f"tracking.uri={tracking}", "--output", str(output),
+                      "--address", f"127.0.0.1:{_free_port()}", timeout=60)
+    line = _assert_one_error_line(result, f"MLflow tracking at {tracking} is unreachable")
+    assert "start the server" in line
+    assert not (output / "study_state.json").exists() and not (output / "tune").exists()
+    assert time.monotonic() - started < 60
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_config_and_seed_give_identical_metrics_on_cpu(tmp_path):
+    from trainables.config import load_trial_config
+    from trainables.loop import run_trial
+    from trainables.session import LocalSession
+
+    def losses(folder, *extra):
+        config = load_trial_config(None, TINY_TRIAL + ["score_augment.p=0.5", "seed=7", *extra])
+        reports = run_trial(config, LocalSession(tmp_path / folder, device="cpu"), log=lambda _: None)
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in reports]
+
+    first, second = losses("a"), losses("b")
+    assert [r["kimg"] for r in first] == [0.128, 0.256]
+    assert first == second  # exactly: same batches, noise, augmentations, initial weights and eval noise
+    other_seed = losses("c", "seed=8")
+    assert [r["train_loss"] for r in other_seed] != [r["train_loss"] for r in first]
+
+
+def test_same_study_seed_gives_the_same_trial_configs(tmp_path):
+    """The real RegimeSearcher (seeded TPE over Optuna RDB storage), twice: the same suggestions, past TPE's
+    3 random start-up trials (trials 4 and 5 of each regime are TPE's), when it is told the same results."""
+    from study.searcher import RegimeSearcher
+
+    def suggestions(folder, seed):
+        (tmp_path / folder).mkdir()
+        searcher = RegimeSearcher({"r0.5": 0.5, "r1": 1.0}, "scoreaug", f"sqlite:///{tmp_path / folder / 'optuna.db'}",
+                                  "det", 5, seed, "test_loss", 0.1, 0.256)
+        out = []
+        for number in range(10):
+            suggestion = searcher.suggest(f"t{number}")
+            out.append(suggestion)
+            value = 1.0 + suggestion["overrides"]["score_augment.p"] - suggestion["overrides"]["model.dropout"]
+            searcher.on_trial_complete(f"t{number}", {"kimg": 0.256, "test_loss": value})
+        assert searcher.suggest("t-last") == searcher.FINISHED
+        return out
+
+    first, second = suggestions("a", 0), suggestions("b", 0)
+    assert first == second
+    assert sum(s["role"] == "baseline" for s in first) == 2
+    assert len({json.dumps(s["overrides"], sort_keys=True) for s in first}) == 9  # two identical baselines
+    other = suggestions("c", 1)
+    assert [s["overrides"] for s in other] != [s["overrides"] for s in first]
+
+
+# ---------------------------------------------------------------- divergence (slow)
+
+
+def _diverging_space(trial) -> dict:
+    """The `scoreaug` space plus a noise-level distribution centred at e^1000: sigma overflows to inf and the
+    training loss is NaN at the first step. The baseline does not use the space, so it trains normally."""
+    from search_spaces.spaces import scoreaug
+
+    return {**scoreaug(trial), "diffusion.P_mean": 1000.0}
+
+
+@pytest.mark.slow
+def test_diverging_trial_stops_and_the_study_goes_on(ray_session, tmp_path, monkeypatch):
+    from search_spaces import spaces
+
+    monkeypatch.setitem(spaces.SPACES, "diverging", _diverging_space)
+    output = tmp_path / "study"
+    config = load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=diverging", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=2", "search.space=diverging",
+        "search.metric=test_loss", "scheduler.kind=none", "confirm.seeds=0", "resources.max_concurrent=2",
+        "resources.max_failures=1",
+    ])
+    run_study(config, log=lambda *_: None)
+
+    table = {r["role"]: r for r in pq.read_table(output / "results.parquet").to_pylist()}
+    assert set(table) == {"baseline", "search"}
+    diverged, baseline = table["search"], table["baseline"]
+    assert diverged["status"] == "diverged" and "training loss is nan at kimg 0.000" in diverged["failure_reason"]
+    assert diverged["kimg"] == 0.0 and diverged["test_loss"] is None  # stopped at once: no eval point after the NaN
+    assert diverged["param.diffusion.P_mean"] == 1000.0
+    assert baseline["status"] == "completed" and baseline["kimg"] == pytest.approx(0.256) and baseline["test_loss"] > 0
+
+    trials = optuna.load_study(study_name="diverging-r1", storage=f"sqlite:///{output / 'optuna.db'}").trials
+    states = {t.user_attrs.get("role", "search"): t.state for t in trials}
+    assert states == {"baseline": optuna.trial.TrialState.COMPLETE, "search": optuna.trial.TrialState.FAIL}
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    run = client.get_run(diverged["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "diverged"
+    assert "training loss is nan" in run.data.tags["failure_reason"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "kimg")] == [0]  # the one report, nothing after
+    assert client.get_metric_history(run.info.run_id, "train_loss") == []
+    done = client.get_run(baseline["mlflow_run_id"])
+    assert done.info.status == "FINISHED" and done.data.tags["status"] == "completed"
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "test_loss")] == [128, 256]
+    assert json.loads((output / "study_state.json").read_text())["phase"] == "done"
+
+
+# ---------------------------------------------------------------- a Ray Train worker killed (slow)
+
+
+def _live_train_workers(address: str) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+
+
+def _records(output: Path) -> dict:
+    """The driver's per-trial records of the search phase (rewritten atomically at every result)."""
+    from study.tracking import load_records
+
+    try:
+        return load_records(output, "search")
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def _all_tune_results(output: Path) -> list[dict]:
+    """Every result the Tune driver has received (its result.json files, one per trial; complete lines only)."""
+    results = []
+    for path in sorted((output / "tune" / "search").glob("*/result.json")):
+        results += [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    return results
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_session, tmp_path):
+    """SIGKILL to the live Ray Train worker of a running trial (a real `study/run.py` on the session's cluster):
+    Ray Train restarts the worker group from the last checkpoint and the trial completes on one kimg axis."""
+    address = ray_session.get_runtime_context().gcs_address
+    output = tmp_path / "study"
+    every, total = 0.128, 1.536
+    sets = [f"trial.{s}" for s in TINY_TRIAL] + _worker_group() + [
+        "name=killed", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=1", "search.metric=test_loss",
+        "scheduler.kind=none", "confirm.seeds=0", f"trial.train.total_kimg={total}", f"trial.eval.every_kimg={every}",
+        "resources.max_failures=1",
+    ]
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen([sys.executable, "study/run.py", "--address", address, *sum((["--set", s] for s in sets), [])],
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    try:
+        # Kill once the driver has recorded a result of the trial: its checkpoint is then registered (an upload the
+        # Train controller has not yet taken in is lost with the worker), and most of the trial is still to run.
+        deadline, victim, killed_trial = time.time() + 240, None, None
+        while victim is None and driver.poll() is None and time.time() < deadline:
+            reported = [trial for trial, record in _records(output).items() if record.get("history")]
+            if reported:
+                workers = _live_train_workers(address)
+                assert len(workers) == 1, workers  # the study's one trial: the live worker is its one rank
+                victim, killed_trial = workers[0].pid, reported[0]
+                os.kill(victim, signal.SIGKILL)
+            else:
+                time.sleep(0.1)
+        assert victim is not None, log_path.read_text()[-3000:]
+        assert driver.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+    [row] = pq.read_table(output / "results.parquet").to_pylist()
+    assert row["trial_id"] == killed_trial and row["status"] == "completed", row
+    assert row["kimg"] == pytest.approx(total) and row["test_loss"] > 0
+
+    # Tune saw two worker processes for this trial: each marks its first report with `first_step_at`.
+    results = [r for r in _all_tune_results(output) if r["trial_id"] == killed_trial]
+    starts = [i for i, r in enumerate(results) if "first_step_at" in r]
+    assert len(starts) == 2, [(r["kimg"], "first_step_at" in r) for r in results]
+    before = max(r["kimg"] for r in results[: starts[1]])
+    resumed_from = results[starts[1]]["kimg"] - every
+    assert before - every + 1e-9 < resumed_from <= before + 1e-9  # the restart lost at most one eval interval
+    assert resumed_from > 0  # it restarted from a checkpoint, not from scratch
+
+    # The driver's records and MLflow: one continuous kimg axis, no gap, no duplicate.
+    axis = [round(every * k * 1000) for k in range(1, round(total / every) + 1)]
+    record = json.loads((output / "mlflow_runs_search.json").read_text())[killed_trial]
+    assert [round(h["kimg"] * 1000) for h in record["history"]] == axis
+    client = MlflowClient(tracking_uri=f"sqlite:///{output / 'mlflow.db'}")
+    for metric in ("kimg", "train_loss", "test_loss"):
+        assert [m.step for m in client.get_metric_history(row["mlflow_run_id"], metric)] == axis, metric
+    assert client.get_run(row["mlflow_run_id"]).data.tags["status"] == "completed"
+    trials = optuna.load_study(study_name="killed-r1", storage=f"sqlite:///{output / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    assert victim not in [w.pid for w in _live_train_workers(address)]
+
