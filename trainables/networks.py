@@ -27,6 +27,8 @@ MODEL_PRESETS: dict[str, dict] = {
     "digits-tiny": dict(model_channels=32, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.10),
     # 8x8 benchmark configuration (~1.0 M parameters).
     "digits": dict(model_channels=32, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[], dropout=0.10),
+    # 32x32, small enough for a CPU study (~1.2 M parameters, ~70 img/s per core).
+    "mnist-small": dict(model_channels=32, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[], dropout=0.10),
     # 32x32 (MNIST padded to 32).
     "mnist": dict(model_channels=64, channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.10),
     # EDM's DDPM++ for CIFAR-10 (55.73 M parameters with a 9-dim augmentation label).
