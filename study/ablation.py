@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from study.config import StudyConfig
+from study.report import format_spread, mean_and_spread
 
 ARM_METRICS = ("leakage", "fid", "fid_test", "memorization", "loss_gap")
 
@@ -34,17 +35,10 @@ def summarize_arms(config: StudyConfig, rows: list[dict]) -> list[dict]:
             entry = {"regime": regime, "arm": arm, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()),
                      "seeds": len(group)}
             for metric in (*ARM_METRICS, "fid_floor"):
-                values = np.array([r[metric] for r in group if r.get(metric) is not None], dtype=float)
-                entry[f"{metric}_mean"] = float(values.mean()) if values.size else None
-                entry[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_and_spread(
+                    [r[metric] for r in group if r.get(metric) is not None])
             out.append(entry)
     return out
-
-
-def _cell(mean, std) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
 
 
 def arms_markdown(summary: list[dict]) -> str:
@@ -52,8 +46,8 @@ def arms_markdown(summary: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         lines.append(f"| {e['regime']} | {e['arm']} | {e['seeds']} | " + " | ".join(
-            _cell(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[:3]) + f" | {_cell(e['fid_floor_mean'], None)} | "
-            + " | ".join(_cell(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[3:]) + f" | {e['overrides']} |")
+            format_spread(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[:3]) + f" | {format_spread(e['fid_floor_mean'], None)} | "
+            + " | ".join(format_spread(e[f"{m}_mean"], e[f"{m}_std"]) for m in ARM_METRICS[3:]) + f" | {e['overrides']} |")
     lines += ["", "Means ± sample standard deviation over training seeds, every arm at the same budget and seeds."]
     return "\n".join(lines) + "\n"
 

@@ -100,9 +100,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             group = [r for r in mine if r["role"] == role]
             entry[f"{role}_seeds"] = len(group)
             for metric in SUMMARY_METRICS:
-                values = np.array([r[metric] for r in group if r[metric] is not None], dtype=float)
-                entry[f"{role}_{metric}_mean"] = float(values.mean()) if values.size else None
-                entry[f"{role}_{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+                entry[f"{role}_{metric}_mean"], entry[f"{role}_{metric}_std"] = mean_and_spread(
+                    [r[metric] for r in group if r[metric] is not None])
         floors = [r["fid_floor"] for r in mine if r["fid_floor"] is not None]
         entry["fid_floor"] = float(np.mean(floors)) if floors else None
         b, s = entry.get("baseline_fid_mean"), entry.get("best_fid_mean")
@@ -120,7 +119,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(mean, std) -> str:
+def mean_and_spread(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where there are too few values)."""
+    array = np.array(values, dtype=float)
+    return (float(array.mean()) if array.size else None, float(array.std(ddof=1)) if array.size > 1 else None)
+
+
+def format_spread(mean, std) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
@@ -133,12 +138,12 @@ def summary_markdown(summary: list[dict], notes: list[str]) -> str:
     for e in summary:
         rel = e.get("fid_relative_improvement")
         lines.append(
-            f"| {e['regime']} | {e['images_in_regime']} | {_fmt(e['baseline_fid_mean'], e['baseline_fid_std'])} | "
-            f"{_fmt(e['best_fid_mean'], e['best_fid_std'])} | {_fmt(e['fid_floor'], None)} | "
-            f"{_fmt(e['baseline_fid_test_mean'], e['baseline_fid_test_std'])} | {_fmt(e['best_fid_test_mean'], e['best_fid_test_std'])} | "
-            f"{_fmt(e['baseline_loss_gap_mean'], e['baseline_loss_gap_std'])} | {_fmt(e['best_loss_gap_mean'], e['best_loss_gap_std'])} | "
-            f"{_fmt(e['baseline_memorization_mean'], None)} / {_fmt(e['best_memorization_mean'], None)} | "
-            f"{_fmt(e['baseline_leakage_mean'], None)} / {_fmt(e['best_leakage_mean'], None)} | "
+            f"| {e['regime']} | {e['images_in_regime']} | {format_spread(e['baseline_fid_mean'], e['baseline_fid_std'])} | "
+            f"{format_spread(e['best_fid_mean'], e['best_fid_std'])} | {format_spread(e['fid_floor'], None)} | "
+            f"{format_spread(e['baseline_fid_test_mean'], e['baseline_fid_test_std'])} | {format_spread(e['best_fid_test_mean'], e['best_fid_test_std'])} | "
+            f"{format_spread(e['baseline_loss_gap_mean'], e['baseline_loss_gap_std'])} | {format_spread(e['best_loss_gap_mean'], e['best_loss_gap_std'])} | "
+            f"{format_spread(e['baseline_memorization_mean'], None)} / {format_spread(e['best_memorization_mean'], None)} | "
+            f"{format_spread(e['baseline_leakage_mean'], None)} / {format_spread(e['best_leakage_mean'], None)} | "
             f"{'n/a' if rel is None else f'{rel:+.1%}'} | {e['fid_difference_exceeds_spread']} |")
     lines.append("")
     lines.append("Means ± sample standard deviation over confirmation seeds; FID compared only at equal sample count and feature space.")

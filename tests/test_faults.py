@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.config import ResourcesConfig, load_study_config
+from study.config import load_study_config
 from study.runner import run_study
 from tests.conftest import ROOT, TINY_TRIAL
 
@@ -46,10 +46,11 @@ def _assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -
     return lines[0]
 
 
-def _worker_group() -> list[str]:
-    """Settings that keep a 1-worker trial in a real Ray Train worker group (a config that can train it inside the
-    Tune trial process instead has `resources.reuse_trial_process`)."""
-    return ["resources.reuse_trial_process=false"] if "reuse_trial_process" in ResourcesConfig.model_fields else []
+# Where a 1-worker trial trains, and the Ray actor class of the process that a kill must hit.
+TRAINING_PROCESS = {
+    "worker_group": ("resources.reuse_trial_process=false", "RayTrainWorker"),  # Ray Train restarts the group
+    "trial_process": ("resources.reuse_trial_process=true", "ImplicitFunc"),  # Tune restarts the trial
+}
 
 
 # ---------------------------------------------------------------- unwritable output folder
@@ -190,10 +191,10 @@ def test_diverging_trial_stops_and_the_study_goes_on(ray_session, tmp_path, monk
 # ---------------------------------------------------------------- a Ray Train worker killed (slow)
 
 
-def _live_train_workers(address: str) -> list:
+def _live_actors(address: str, class_name: str) -> list:
     from ray.util.state import list_actors
 
-    return list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return list_actors(address=address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
 
 
 def _records(output: Path) -> dict:
@@ -215,13 +216,16 @@ def _all_tune_results(output: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_session, tmp_path):
-    """SIGKILL to the live Ray Train worker of a running trial (a real `study/run.py` on the session's cluster):
-    Ray Train restarts the worker group from the last checkpoint and the trial completes on one kimg axis."""
+@pytest.mark.parametrize("mode", list(TRAINING_PROCESS))
+def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_session, tmp_path, mode):
+    """SIGKILL to the process that trains a running trial (a real `study/run.py` on the session's cluster): a Ray
+    Train worker (Ray Train restarts the worker group) or the Tune trial process that trains a 1-worker trial
+    itself (Tune restarts the trial); either resumes from the last checkpoint, on one kimg axis."""
+    setting, actor_class = TRAINING_PROCESS[mode]
     address = ray_session.get_runtime_context().gcs_address
     output = tmp_path / "study"
     every, total = 0.128, 1.536
-    sets = [f"trial.{s}" for s in TINY_TRIAL] + _worker_group() + [
+    sets = [f"trial.{s}" for s in TINY_TRIAL] + [setting] + [
         "name=killed", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=1", "search.metric=test_loss",
         "scheduler.kind=none", "confirm.seeds=0", f"trial.train.total_kimg={total}", f"trial.eval.every_kimg={every}",
         "resources.max_failures=1",
@@ -235,10 +239,12 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
         # Train controller has not yet taken in is lost with the worker), and most of the trial is still to run.
         deadline, victim, killed_trial = time.time() + 240, None, None
         while victim is None and driver.poll() is None and time.time() < deadline:
-            reported = [trial for trial, record in _records(output).items() if record.get("history")]
+            records = _records(output)
+            reported = [trial for trial, record in records.items() if record.get("history")]
             if reported:
-                workers = _live_train_workers(address)
-                assert len(workers) == 1, workers  # the study's one trial: the live worker is its one rank
+                reported_kimg = max(h["kimg"] for h in records[reported[0]]["history"])
+                workers = _live_actors(address, actor_class)
+                assert len(workers) == 1, workers  # the study's one trial: the live process that trains it
                 victim, killed_trial = workers[0].pid, reported[0]
                 os.kill(victim, signal.SIGKILL)
             else:
@@ -256,12 +262,16 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
 
     # Tune saw two worker processes for this trial: each marks its first report with `first_step_at`.
     results = [r for r in _all_tune_results(output) if r["trial_id"] == killed_trial]
+    # Tune keeps a restarted worker group's results in one log; a restarted trial's log may start afresh from the
+    # checkpoint it restores, in which case the second process's first report is all that is left to see.
     starts = [i for i, r in enumerate(results) if "first_step_at" in r]
-    assert len(starts) == 2, [(r["kimg"], "first_step_at" in r) for r in results]
-    before = max(r["kimg"] for r in results[: starts[1]])
-    resumed_from = results[starts[1]]["kimg"] - every
-    assert before - every + 1e-9 < resumed_from <= before + 1e-9  # the restart lost at most one eval interval
+    assert len(starts) == 2 or (mode == "trial_process" and len(starts) == 1), [(r["kimg"], "first_step_at" in r) for r in results]
+    resumed_from = results[starts[-1]]["kimg"] - every
     assert resumed_from > 0  # it restarted from a checkpoint, not from scratch
+    assert resumed_from > reported_kimg - every + 1e-9  # the restart lost at most one eval interval
+    if len(starts) == 2:
+        before = max(r["kimg"] for r in results[: starts[1]])
+        assert before - every + 1e-9 < resumed_from <= before + 1e-9
 
     # The driver's records and MLflow: one continuous kimg axis, no gap, no duplicate.
     axis = [round(every * k * 1000) for k in range(1, round(total / every) + 1)]
@@ -273,5 +283,5 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
     assert client.get_run(row["mlflow_run_id"]).data.tags["status"] == "completed"
     trials = optuna.load_study(study_name="killed-r1", storage=f"sqlite:///{output / 'optuna.db'}").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
-    assert victim not in [w.pid for w in _live_train_workers(address)]
+    assert victim not in [w.pid for w in _live_actors(address, actor_class)]
 
