@@ -3,10 +3,10 @@
 Starts `mlflow server` on 127.0.0.1 over the study's own store, opens the experiment's run list (trials
 nested under the study's parent run) and a comparison of the parent's trials (parallel coordinates of
 the searched parameters against `fid`) in headless Chromium, saves the PNGs, and stops the server by
-its PID. Chromium is driven by Playwright (`pip install playwright`; no browser download: it runs Debian's
+its PID. Chromium is driven by Playwright (`pip install -e ".[screenshots]"`; no browser download: it runs Debian's
 `chromium`, which the script installs when missing, as root from the package mirror).
 
-    python docs/mlflow_screenshots.py studies/mnist --out docs/img
+    python docs/mlflow_screenshots.py studies/demo --out docs/img
 """
 
 from __future__ import annotations
