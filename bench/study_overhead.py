@@ -54,7 +54,6 @@ def main() -> None:
         wall = time.time() - started
         rows = pq.read_table(output / "results.parquet").to_pylist()
     concurrency = config.resources.max_concurrent
-    rows.sort(key=lambda r: r["wall_time_s"] is None)
     train = sum(r["train_time_s"] or 0.0 for r in rows)
     loop = sum(r["loop_time_s"] or 0.0 for r in rows)
     startup = [r["startup_s"] for r in rows if r["startup_s"] is not None]

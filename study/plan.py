@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from study.config import StudyConfig
 from study.cost import describe_cost
+from study.trial import trains_in_trial_process
 from trainables.data import pool_size, regime_size
 
 
@@ -104,7 +105,7 @@ def describe(config: StudyConfig, plan: Plan) -> str:
         lines.append(f"  regime {name}: {fraction:g} of the training set = {images} images")
     lines += [
         f"  per trial: {r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
-        f"{' in the reused trial process' if r.reuse_trial_process and r.num_workers == 1 else ''}, "
+        f"{' in the reused trial process' if trains_in_trial_process(r.model_dump()) else ''}, "
         f"{config.trial.train.total_kimg:g} kimg, eval every {config.trial.eval.every_kimg:g} kimg",
         f"  arms: {', '.join(config.ablation.arms)}" if config.ablation else
         f"  search: {config.search.space} (Optuna TPE, seed {config.search.seed}) on {config.search.metric}; "

@@ -105,8 +105,9 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
     from ray.tune.search import ConcurrencyLimiter
 
     path = f"{config.tune_storage.rstrip('/')}/{name}"
-    in_process = trains_in_trial_process(config.resources.model_dump())
-    trainable = tune.with_resources(trainable, trial_resources(config.resources.model_dump()))
+    resources = config.resources.model_dump()
+    in_process = trains_in_trial_process(resources)
+    trainable = tune.with_resources(trainable, trial_resources(resources))
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
