@@ -252,7 +252,8 @@ def importances_markdown(importances: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, log=print) -> None:
+def write_report(config: StudyConfig, output: Path, log=print) -> list[Path]:
+    """Write results.parquet and the report; returns the files to attach to the study's parent run."""
     from trainables.data import pool_size
 
     records = _records(output)
@@ -261,8 +262,7 @@ def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, 
     report = output / "report"
     report.mkdir(exist_ok=True)
     if config.ablation:
-        _write_ablation_report(config, rows, output, report, client, parent_run_id, log)
-        return
+        return _write_ablation_report(config, rows, output, report, log)
     summary = summarize(rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
     notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
@@ -274,13 +274,11 @@ def write_report(config: StudyConfig, output: Path, client, parent_run_id: str, 
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
     artifacts += _plots(summary, records, report)
     artifacts += best_configs(config, rows, report)
-    for path in artifacts:
-        client.log_artifact(parent_run_id, str(path), "report" if path.parent == report else None)
     log(markdown)
+    return artifacts
 
 
-def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, client, parent_run_id: str,
-                           log=print) -> None:
+def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, log=print) -> list[Path]:
     from study.ablation import arms_markdown, arms_plot, summarize_arms
 
     summary = summarize_arms(config, rows)
@@ -288,7 +286,5 @@ def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, 
     notes = [f"- {sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "diverged", "failed")]
     markdown = arms_markdown(summary) + "\n".join(notes) + "\n"
     (report / "ablation.md").write_text(markdown)
-    artifacts = [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]
-    for path in artifacts:
-        client.log_artifact(parent_run_id, str(path), "report" if path.parent == report else None)
     log(markdown)
+    return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]

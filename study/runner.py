@@ -214,8 +214,14 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
 
     from study.report import write_report
 
-    write_report(config, output, client, parent, log)
-    client.set_terminated(parent, "FINISHED")
+    artifacts = write_report(config, output, log)
+    try:
+        for path in artifacts:
+            client.log_artifact(parent, str(path), "report" if path.parent.name == "report" else None)
+        client.set_terminated(parent, "FINISHED")
+    except Exception as err:  # the results are on disk; only their copy in MLflow is missing
+        raise StudyError(f"results and report are written to {output}, but MLflow at {config.tracking_uri} failed "
+                         f"({str(err).splitlines()[0][:200]}); run again with --resume to attach them") from None
     state["phase"] = "done"
     _save_state(output, state)
     return output

@@ -1,13 +1,15 @@
 """MLflow tracking as DESIGN.md lays it out: one experiment per study, a parent run, one child run per trial.
 
 All trial logging happens in the driver, in a Tune callback: code after `trainer.fit()` never runs
-for a trial that Tune stops early, but callbacks always do. Calls that fail (a tracking outage)
-are queued, retried on the next event and at the end, and counted, never silently dropped.
+for a trial that Tune stops early, but callbacks always do. Calls that fail (a tracking outage),
+run creation included, are queued in order, retried on the next event and at the end of each phase,
+and counted, never silently dropped; every metric is also kept in the phase's records file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,9 +60,19 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
                             "tracking.uri at a running one") from None
 
 
+# MLflow's HTTP client retries a failed call 7 times with exponential backoff and waits up to 120 s per
+# attempt: minutes in which the driver, and with it Tune's event loop, would stand still during an outage.
+# The callback queues what fails and retries it on the next event, so one short attempt is enough.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def connect(uri: str, experiment: str, artifact_root: Path) -> tuple[MlflowClient, str]:
     """Client and experiment id; an unreachable server fails here, before any trial starts."""
     _check_reachable(uri)
+    if uri.startswith("http"):
+        for name, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)  # a user's own setting wins
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -114,9 +126,29 @@ class MlflowTrialCallback(Callback):
         self.phase = phase
         self.total_kimg = total_kimg
         self.runs: dict[str, dict] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-        self.pending: list[tuple[str, tuple]] = []
+        self.pending: list[tuple[str, str, tuple]] = []  # (trial id, client method, args), oldest first
         self.failed_calls = 0
         self._client = None
+        for trial_id, record in self.runs.items():
+            if record.get("run_id") is None:
+                self._queue_replay(trial_id, record)
+
+    def _queue_replay(self, trial_id: str, record: dict) -> None:
+        """A run an earlier driver could not create (the server was down until it stopped): create it now and
+        log what the records file kept, params, every eval point and the final status."""
+        self.pending.append((trial_id, "create_run", ()))
+        items = [Param(k, _param_value(v)) for k, v in sorted(record["params"].items())]
+        for start in range(0, len(items), 90):
+            self.pending.append((trial_id, "log_batch", ([], items[start : start + 90], [])))
+        now = int(time.time() * 1000)
+        for point in record["history"]:
+            step = nimg_step(point.get("kimg", 0.0))
+            metrics = [Metric(k, float(v), now, step) for k, v in point.items() if isinstance(v, (int, float))
+                       and k in CONTRACT_METRICS + SUMMARY_METRICS]
+            self.pending.append((trial_id, "log_batch", (metrics, [], [])))
+        if record.get("status"):
+            self.pending.append((trial_id, "log_batch", ([], [], self._status_tags(record))))
+            self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -140,35 +172,40 @@ class MlflowTrialCallback(Callback):
         tmp.write_text(json.dumps(self.runs, indent=1))
         tmp.replace(self.state_file)
 
-    def _call(self, name: str, *args) -> bool:
+    def _call(self, trial_id: str, name: str, *args) -> bool:
+        """Make one client call for a trial's run, or queue it behind earlier failures, in order."""
         self._flush()
         if self.pending:
-            self.pending.append((name, args))
+            self.pending.append((trial_id, name, args))
             return False
-        return self._try(name, args)
+        if self._try(trial_id, name, args):
+            return True
+        self.failed_calls += 1
+        self.pending.append((trial_id, name, args))
+        return False
 
-    def _try(self, name: str, args: tuple) -> bool:
+    def _try(self, trial_id: str, name: str, args: tuple) -> bool:
+        record = self.runs[trial_id]
         try:
-            getattr(self.client, name)(*args)
+            if name == "create_run":
+                run = self.client.create_run(self.experiment_id, run_name=record["run_name"], tags=record["tags"])
+                record["run_id"] = run.info.run_id
+                self._save_state()
+            else:
+                getattr(self.client, name)(record["run_id"], *args)
             return True
         except Exception:
-            self.failed_calls += 1
-            self.pending.append((name, args))
             return False
 
     def _flush(self) -> None:
-        while self.pending:
-            name, args = self.pending[0]
-            try:
-                getattr(self.client, name)(*args)
-            except Exception:
-                return
+        while self.pending and self._try(*self.pending[0]):
             self.pending.pop(0)
 
-    def run_for(self, trial) -> str:
+    def run_for(self, trial) -> dict:
+        """The trial's record; on first sight, its MLflow run is created (or queued, during an outage) with its params."""
         record = self.runs.get(trial.trial_id)
         if record:
-            return record["run_id"]
+            return record
         suggestion = trial.config
         from study.trial import trial_config
 
@@ -182,31 +219,30 @@ class MlflowTrialCallback(Callback):
             "role": suggestion.get("role", ""),
             "optuna_trial": str(suggestion.get("optuna_trial", "")),
         }
-        run = self.client.create_run(self.experiment_id, run_name=f"{suggestion['regime']}-{trial.trial_id}", tags=tags)
-        run_id = run.info.run_id
+        record = self.runs[trial.trial_id] = {
+            "run_id": None, "run_name": f"{suggestion['regime']}-{trial.trial_id}", "tags": tags, "last_step": -1,
+            "phase": self.phase, "suggestion": suggestion, "params": params, "history": [], "started": time.time()}
+        self._save_state()
+        self._call(trial.trial_id, "create_run")
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), 90):
-            self._call("log_batch", run_id, [], items[start : start + 90], [])
-        self.runs[trial.trial_id] = {"run_id": run_id, "last_step": -1, "phase": self.phase, "suggestion": suggestion,
-                                     "params": params, "history": [], "started": time.time()}
-        self._save_state()
-        return run_id
+            self._call(trial.trial_id, "log_batch", [], items[start : start + 90], [])
+        return record
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_for(trial)
-        record = self.runs[trial.trial_id]
+        record = self.run_for(trial)
         step = nimg_step(result.get("kimg", 0.0))
         if step <= record["last_step"]:
             return  # a resumed trial re-reporting an eval point already logged
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS if isinstance(result.get(k), (int, float))]
-        self._call("log_batch", run_id, metrics, [], [])
+        self._call(trial.trial_id, "log_batch", metrics, [], [])
         checkpoint = _checkpoint_location(trial, result)
         if checkpoint:
-            self._log_grid(run_id, *checkpoint, step)
+            self._log_grid(trial.trial_id, *checkpoint, step)
         record["last_step"] = step
         record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS, "diverged", "error") if k in result}
         if "first_step_at" in result and "first_step_at" not in record:
@@ -214,7 +250,7 @@ class MlflowTrialCallback(Callback):
         record["history"].append(record["last_result"])
         self._save_state()
 
-    def _log_grid(self, run_id: str, fs, path: str, step: int) -> None:
+    def _log_grid(self, trial_id: str, fs, path: str, step: int) -> None:
         from trainables.checkpoint import SAMPLE_GRID
 
         try:
@@ -226,11 +262,10 @@ class MlflowTrialCallback(Callback):
 
         local = Path(tempfile.mkdtemp()) / f"kimg-{step:09d}.png"
         local.write_bytes(data)
-        self._call("log_artifact", run_id, str(local), "samples")
+        self._call(trial_id, "log_artifact", str(local), "samples")
 
     def _finish(self, trial, failed: bool, reason: str = "") -> None:
-        run_id = self.run_for(trial)
-        record = self.runs[trial.trial_id]
+        record = self.run_for(trial)
         last = record.get("last_result", {})
         if failed:
             status = "failed"
@@ -241,10 +276,18 @@ class MlflowTrialCallback(Callback):
         else:
             status = "completed"
         record.update(status=status, reason=reason[:500], ended=time.time())
-        tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
-        self._call("log_batch", run_id, [], [], tags)
-        self._call("set_terminated", run_id, "FAILED" if status in ("failed", "diverged") else "FINISHED")
         self._save_state()
+        self._call(trial.trial_id, "log_batch", [], [], self._status_tags(record))
+        self._call(trial.trial_id, "set_terminated", self._run_status(status))
+
+    @staticmethod
+    def _status_tags(record: dict) -> list[RunTag]:
+        reason = record.get("reason", "")
+        return [RunTag("status", record["status"])] + ([RunTag("failure_reason", reason)] if reason else [])
+
+    @staticmethod
+    def _run_status(status: str) -> str:
+        return "FAILED" if status in ("failed", "diverged") else "FINISHED"
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)
@@ -258,3 +301,7 @@ class MlflowTrialCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self._flush()
+        if self.pending:
+            runs = len({trial_id for trial_id, _, _ in self.pending})
+            print(f"warning: MLflow at {self.uri} is unreachable: {len(self.pending)} tracking calls for {runs} trial "
+                  f"run(s) of the {self.phase} phase are not made; their metrics are in {self.state_file}", flush=True)

@@ -6,11 +6,16 @@ and worker nodes that hold the CPUs. Every trial's DDP workers therefore run on 
 add or remove a node under a running trial.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,46 @@ def _free_port() -> int:
     with socket.socket() as probe:  # 8265 may be taken by another Ray on this machine
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_port() -> int:
+    return _free_port()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: Path, artifacts: Path, port: int, log: Path):
+    """A real `mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1:port, stopped by its process group."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{backend}", "--artifacts-destination",
+         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, server, log)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the group of the server this test started (its workers too)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert server.poll() is None, log.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)  # polling the server's health endpoint, not waiting a fixed time
+    raise AssertionError(f"mlflow server at {url} did not answer /health in {timeout:.0f} s: {log.read_text()[-2000:]}")
 
 
 class _SessionCluster:

@@ -3,13 +3,10 @@ trial whose DDP workers span nodes and survive losing one, and a study tracked b
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from unittest import mock
 
@@ -20,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.runner import run_study
-from tests.conftest import ROOT, TINY_TRIAL, WORKER_NODES
+from tests.conftest import ROOT, TINY_TRIAL, WORKER_NODES, free_port, mlflow_server
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_LOCAL_YAML = ROOT / "cluster-local.yaml"
@@ -281,40 +278,11 @@ def test_ddp_trial_spans_nodes_and_survives_losing_one(ray_cluster, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # A study tracked by a real MLflow server, as on the cluster's head
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert server.poll() is None, log.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)  # polling the server's health endpoint, not waiting a fixed time
-    raise AssertionError(f"mlflow server at {url} did not answer /health in {timeout:.0f} s: {log.read_text()[-2000:]}")
-
-
 @pytest.mark.slow
 def test_study_tracks_to_an_mlflow_server(ray_session, tmp_path):
     """`mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1; a `study/run.py --address` job logs to it."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     artifacts = tmp_path / "server-artifacts"
-    log = tmp_path / "mlflow-server.log"
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(url, server, log)
+    with mlflow_server(tmp_path / "server.db", artifacts, free_port(), tmp_path / "mlflow-server.log") as url:
         output = tmp_path / "study"
         sets = [f"trial.{s}" for s in TINY_TRIAL] + [
             "name=served", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=2", "trial.eval.fid=true",
@@ -347,11 +315,3 @@ def test_study_tracks_to_an_mlflow_server(ray_session, tmp_path):
         # folder, and no local tracking store was made.
         assert list(artifacts.rglob("results.parquet")) and list(artifacts.rglob("kimg-*.png"))
         assert not (output / "mlflow.db").exists() and not list((output / "mlartifacts").rglob("*.*"))
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the group of the server this test started (its workers too)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
