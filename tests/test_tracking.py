@@ -27,9 +27,23 @@ def _result(kimg: float) -> dict:
     return {"kimg": kimg, "train_loss": 1.0 - kimg, "test_loss": 1.1 - kimg, "loss_gap": 0.1, "img_per_sec": 100.0}
 
 
-def _callback(url: str, experiment_id: str, parent: str, state_file) -> MlflowTrialCallback:
-    base = load_trial_config(None, TINY_TRIAL).model_dump()
-    return MlflowTrialCallback(url, experiment_id, parent, state_file, "search", TOTAL_KIMG, base)
+class TrackingServer:
+    """One server store and port: `up()` serves it, and outside that block the server is down (the outage).
+    Holds the study's experiment and parent run, made while it is up."""
+
+    def __init__(self, tmp_path, experiment: str):
+        self.paths = (tmp_path / "server.db", tmp_path / "artifacts", free_port(), tmp_path / "server.log")
+        self.state_file = tmp_path / "mlflow_runs_search.json"
+        with self.up() as self.url:
+            client, self.experiment_id = connect(self.url, experiment, tmp_path / "unused")
+            self.parent = start_parent_run(client, self.experiment_id, experiment, {}, None)
+
+    def up(self):
+        return mlflow_server(*self.paths)
+
+    def callback(self) -> MlflowTrialCallback:
+        base = load_trial_config(None, TINY_TRIAL).model_dump()
+        return MlflowTrialCallback(self.url, self.experiment_id, self.parent, self.state_file, "search", TOTAL_KIMG, base)
 
 
 def _check_run(client: MlflowClient, run_id: str, steps: list[int]) -> None:
@@ -41,13 +55,10 @@ def _check_run(client: MlflowClient, run_id: str, steps: list[int]) -> None:
 
 
 @pytest.mark.slow
-def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tmp_path, capsys):
-    port, backend, artifacts = free_port(), tmp_path / "server.db", tmp_path / "artifacts"
-    log, state_file = tmp_path / "server.log", tmp_path / "mlflow_runs_search.json"
-    with mlflow_server(backend, artifacts, port, log) as url:
-        client, experiment_id = connect(url, "outage", tmp_path / "unused")
-        parent = start_parent_run(client, experiment_id, "outage", {}, None)
-        callback = _callback(url, experiment_id, parent, state_file)
+def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tmp_path):
+    server = TrackingServer(tmp_path, "outage")
+    with server.up():
+        callback = server.callback()
         before = _trial("before_00000")  # starts while the server is up
         callback.on_trial_start(0, [], before)
         callback.on_trial_result(0, [], before, _result(0.128))
@@ -64,32 +75,28 @@ def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tm
     stalled = time.monotonic() - stalled
     assert stalled < 60, f"the outage held the driver for {stalled:.0f} s"  # MLflow's default retries: minutes
     assert callback.pending and callback.failed_calls >= 1
-    records = json.loads(state_file.read_text())
+    records = json.loads(server.state_file.read_text())
     assert records["during_00001"]["run_id"] is None  # not created yet, but every metric is on disk
     assert [p["kimg"] for p in records["during_00001"]["history"]] == [0.128, 0.256]
 
-    with mlflow_server(backend, artifacts, port, log) as url:  # back, same store and port
+    with server.up() as url:  # back, same store and port
         callback.on_trial_complete(0, [], before)  # the next event flushes the queue in order, then logs its own
         assert not callback.pending
-        records = json.loads(state_file.read_text())
+        records = json.loads(server.state_file.read_text())
         client = MlflowClient(tracking_uri=url)
-        children = client.search_runs([experiment_id], "tags.phase = 'search'")
+        children = client.search_runs([server.experiment_id], "tags.phase = 'search'")
         assert sorted(r.data.tags["trial_id"] for r in children) == ["before_00000", "during_00001"]
         for trial_id in ("before_00000", "during_00001"):
             _check_run(client, records[trial_id]["run_id"], [128, 256])
-            assert client.get_run(records[trial_id]["run_id"]).data.tags["mlflow.parentRunId"] == parent
+            assert client.get_run(records[trial_id]["run_id"]).data.tags["mlflow.parentRunId"] == server.parent
 
 
 @pytest.mark.slow
 def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_path, capsys):
     """The outage outlasts the phase: the driver warns and stops; the next driver (`--resume`) creates the run
     and logs everything its records file kept."""
-    port, backend, artifacts = free_port(), tmp_path / "server.db", tmp_path / "artifacts"
-    log, state_file = tmp_path / "server.log", tmp_path / "mlflow_runs_search.json"
-    with mlflow_server(backend, artifacts, port, log) as url:
-        client, experiment_id = connect(url, "replay", tmp_path / "unused")
-        parent = start_parent_run(client, experiment_id, "replay", {}, None)
-    callback = _callback(url, experiment_id, parent, state_file)
+    server = TrackingServer(tmp_path, "replay")
+    callback = server.callback()
     lost = _trial("lost_00000")
     callback.on_trial_start(0, [], lost)
     callback.on_trial_result(0, [], lost, _result(0.128))
@@ -98,11 +105,11 @@ def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_pa
     callback.on_experiment_end([])
     assert "tracking calls for 1 trial run(s) of the search phase are not made" in capsys.readouterr().out
 
-    with mlflow_server(backend, artifacts, port, log) as url:
-        resumed = _callback(url, experiment_id, parent, state_file)
+    with server.up() as url:
+        resumed = server.callback()
         resumed.on_experiment_end([])
         assert not resumed.pending
-        run_id = json.loads(state_file.read_text())["lost_00000"]["run_id"]
+        run_id = json.loads(server.state_file.read_text())["lost_00000"]["run_id"]
         client = MlflowClient(tracking_uri=url)
         _check_run(client, run_id, [128, 256])
-        assert len(client.search_runs([experiment_id], "tags.trial_id = 'lost_00000'")) == 1
+        assert len(client.search_runs([server.experiment_id], "tags.trial_id = 'lost_00000'")) == 1
