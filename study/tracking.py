@@ -99,6 +99,12 @@ def _param_value(value) -> str:
     return text[:6000]
 
 
+def _param_batches(params: dict) -> list[list[Param]]:
+    """A trial's flattened config as MLflow params, in batches under the server's 100-per-call limit."""
+    items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+    return [items[start : start + 90] for start in range(0, len(items), 90)]
+
+
 def _checkpoint_location(trial, result: dict):
     """(filesystem, path) of the checkpoint saved with this result, if any. A Ray Train worker group passes its
     path (a local path or a URI); a trial training in its own process reports to Tune, which names the
@@ -137,9 +143,8 @@ class MlflowTrialCallback(Callback):
         """A run an earlier driver could not create (the server was down until it stopped): create it now and
         log what the records file kept, params, every eval point and the final status."""
         self.pending.append((trial_id, "create_run", ()))
-        items = [Param(k, _param_value(v)) for k, v in sorted(record["params"].items())]
-        for start in range(0, len(items), 90):
-            self.pending.append((trial_id, "log_batch", ([], items[start : start + 90], [])))
+        for batch in _param_batches(record["params"]):
+            self.pending.append((trial_id, "log_batch", ([], batch, [])))
         now = int(time.time() * 1000)
         for point in record["history"]:
             step = nimg_step(point.get("kimg", 0.0))
@@ -224,9 +229,8 @@ class MlflowTrialCallback(Callback):
             "phase": self.phase, "suggestion": suggestion, "params": params, "history": [], "started": time.time()}
         self._save_state()
         self._call(trial.trial_id, "create_run")
-        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-        for start in range(0, len(items), 90):
-            self._call(trial.trial_id, "log_batch", [], items[start : start + 90], [])
+        for batch in _param_batches(params):
+            self._call(trial.trial_id, "log_batch", [], batch, [])
         return record
 
     def on_trial_start(self, iteration, trials, trial, **info):
