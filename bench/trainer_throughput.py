@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from study.config import ResourcesConfig  # noqa: E402
 from trainables.config import load_trial_config  # noqa: E402
 from trainables.loop import run_trial  # noqa: E402
 from trainables.session import LocalSession  # noqa: E402
@@ -49,8 +50,7 @@ CASES = {
 }
 COMMON = ["eval.fid=false", "eval.loss_images=8", "eval.num_samples=8", "eval.grid_images=4", "eval.sampler_steps=2",
           "runtime.threads=2", "train.lr_rampup_kimg=0"]
-WORKER = dict(num_workers=1, cpus_per_worker=2, gpus_per_worker=0, max_failures=0, controller_failure_limit=1,
-              reuse_trial_process=True)
+WORKER = ResourcesConfig(num_workers=1, cpus_per_worker=2, max_failures=0).model_dump()  # one 2-CPU worker
 
 
 def _config(overrides: list[str], interval_kimg: float, intervals: int = INTERVALS):

@@ -166,10 +166,12 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
         total_kimg = config.trial.train.total_kimg
         metric = config.search.metric
 
+        def tracker(phase: str) -> MlflowTrialCallback:
+            return MlflowTrialCallback(config.tracking_uri, experiment_id, parent, records_file(output, phase),
+                                       phase, total_kimg, base_trial)
+
         def callbacks(phase: str, total: int):
-            return [MlflowTrialCallback(config.tracking_uri, experiment_id, parent, records_file(output, phase),
-                                        phase, total_kimg, base_trial),
-                    ProgressCallback(phase, total, metric, total_kimg)]
+            return [tracker(phase), ProgressCallback(phase, total, metric, total_kimg)]
 
         if config.ablation and state["phase"] == "search":
             state["phase"] = "ablation"
@@ -211,7 +213,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
 
         for phase in ("ablation", "search", "confirm"):  # runs that an outage kept from being created, from the records
             if records_file(output, phase).exists():
-                callbacks(phase, 0)[0].on_experiment_end([])
+                tracker(phase).on_experiment_end([])
     finally:
         if started_ray:
             ray.shutdown()

@@ -99,6 +99,13 @@ def _param_value(value) -> str:
     return text[:6000]
 
 
+def _metrics(values: dict, step: int) -> list[Metric]:
+    """The contract's metrics among a trial's reported values, at one kimg step."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(values[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS
+            if isinstance(values.get(k), (int, float))]
+
+
 def _param_batches(params: dict) -> list[list[Param]]:
     """A trial's flattened config as MLflow params, in batches under the server's 100-per-call limit."""
     items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
@@ -145,12 +152,8 @@ class MlflowTrialCallback(Callback):
         self.pending.append((trial_id, "create_run", ()))
         for batch in _param_batches(record["params"]):
             self.pending.append((trial_id, "log_batch", ([], batch, [])))
-        now = int(time.time() * 1000)
         for point in record["history"]:
-            step = nimg_step(point.get("kimg", 0.0))
-            metrics = [Metric(k, float(v), now, step) for k, v in point.items() if isinstance(v, (int, float))
-                       and k in CONTRACT_METRICS + SUMMARY_METRICS]
-            self.pending.append((trial_id, "log_batch", (metrics, [], [])))
+            self.pending.append((trial_id, "log_batch", (_metrics(point, nimg_step(point.get("kimg", 0.0))), [], [])))
         if record.get("status"):
             self.pending.append((trial_id, "log_batch", ([], [], self._status_tags(record))))
             self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
@@ -241,9 +244,7 @@ class MlflowTrialCallback(Callback):
         step = nimg_step(result.get("kimg", 0.0))
         if step <= record["last_step"]:
             return  # a resumed trial re-reporting an eval point already logged
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS if isinstance(result.get(k), (int, float))]
-        self._call(trial.trial_id, "log_batch", metrics, [], [])
+        self._call(trial.trial_id, "log_batch", _metrics(result, step), [], [])
         checkpoint = _checkpoint_location(trial, result)
         if checkpoint:
             self._log_grid(trial.trial_id, *checkpoint, step)

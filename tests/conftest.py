@@ -35,14 +35,11 @@ TRIAL_DRIVERS = 2
 WORKER_NODES = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:  # 8265 may be taken by another Ray on this machine
+def free_port() -> int:
+    """A port nobody listens on now: bound, read, released (8265 may be taken by another Ray on this machine)."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def free_port() -> int:
-    return _free_port()
 
 
 @contextlib.contextmanager
@@ -115,7 +112,7 @@ def ray_session():
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {"trial_driver": TRIAL_DRIVERS}, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
+        "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
     })
     for _ in range(WORKER_NODES):
         cluster.add_node(num_cpus=1)

@@ -8,7 +8,6 @@ inside a real study, and a real Ray Train worker process killed by PID in the mi
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.runner import run_study
-from tests.conftest import ROOT, TINY_TRIAL
+from tests.conftest import ROOT, TINY_TRIAL, free_port
 
 TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds"}
-
-
-def _free_port() -> int:
-    """A port nobody listens on: bound, read, released."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run_cli(*args, timeout=60, env=None) -> subprocess.CompletedProcess:
@@ -84,10 +76,10 @@ def test_unreachable_tracking_fails_fast_before_ray_starts(tmp_path):
     """A tracking URI where nobody listens: one line, exit 2, well before MLflow's own retries (minutes) would end.
     `--address` names a dead Ray too: reaching Ray at all would fail differently (or hang past the timeout)."""
     output = tmp_path / "study"
-    tracking = f"http://127.0.0.1:{_free_port()}"
+    tracking = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = _run_cli("--set", "name=no-tracking", "--set", f"tracking.uri={tracking}", "--output", str(output),
-                      "--address", f"127.0.0.1:{_free_port()}", timeout=60)
+                      "--address", f"127.0.0.1:{free_port()}", timeout=60)
     line = _assert_one_error_line(result, f"MLflow tracking at {tracking} is unreachable")
     assert "start the server" in line
     assert not (output / "study_state.json").exists() and not (output / "tune").exists()
