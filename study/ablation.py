@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from study.cells import Cell
 from study.config import StudyConfig
-from study.report import format_spread, mean_and_spread
+from study.report import format_spread, mean_and_spread, regimes_in_order
 
 ARM_METRICS = ("leakage", "fid", "fid_test", "memorization", "loss_gap")
 
 
-def ablation_suggestions(config: StudyConfig, regimes: dict[str, float]) -> list[dict]:
-    """One suggestion per (regime, arm, seed), seeds outermost so a cut-short run still covers every arm."""
+def ablation_suggestions(config: StudyConfig, cells: list[Cell]) -> list[dict]:
+    """One suggestion per (cell, arm, seed), seeds outermost so a cut-short run still covers every arm."""
     ablation = config.ablation
-    return [{"regime": regime, "regime_fraction": fraction, "role": arm, "overrides": dict(overrides),
-             "seed": ablation.seed_offset + k}
+    return [cell.suggestion(role=arm, overrides=dict(overrides), seed=ablation.seed_offset + k)
             for k in range(ablation.seeds)
-            for regime, fraction in regimes.items()
+            for cell in cells
             for arm, overrides in ablation.arms.items()]
 
 
@@ -29,7 +29,7 @@ def summarize_arms(config: StudyConfig, rows: list[dict]) -> list[dict]:
     """Per regime and arm: mean and sample standard deviation over the completed seeds."""
     out = []
     done = [r for r in rows if r["phase"] == "ablation" and r["status"] == "completed"]
-    for regime in sorted({r["regime"] for r in rows}, key=lambda name: next(r["regime_fraction"] for r in rows if r["regime"] == name)):
+    for regime in regimes_in_order(rows):
         for arm, overrides in config.ablation.arms.items():
             group = [r for r in done if r["regime"] == regime and r["role"] == arm]
             entry = {"regime": regime, "arm": arm, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()),

@@ -16,15 +16,23 @@ from trainables.config import (ConfigError, StrictModel, TrialConfig, apply_over
                                validate)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-METRICS = ("fid", "fid_test", "test_loss", "loss_gap", "train_loss")
+
+# What a search can optimise: every one is reported by the worker or derived from a trial's curve on the driver.
+Objective = Literal["fid", "fid_test", "test_loss", "loss_gap", "memorization", "memorization_max"]
 
 
 class SearchConfig(StrictModel):
     space: str = "scoreaug"  # a function in search_spaces.spaces
     trials_per_regime: int = Field(4, ge=1)  # the baseline included
     seed: int = 0
-    metric: Literal["fid", "fid_test", "test_loss", "loss_gap"] = "fid"
-    mode: Literal["min", "max"] = "min"
+    metric: Objective = "fid"  # the single objective (ignored when `objectives` is set)
+    objectives: list[Objective] | None = Field(None, min_length=2)  # multi-objective TPE; a Pareto front per regime
+    max_memorization: float | None = Field(None, ge=0.0, le=1.0)  # constraint on memorization_max: above it is infeasible
+    mode: Literal["min", "max"] = "min"  # direction of every objective, and of ASHA's metric
+
+    @property
+    def objective_names(self) -> list[str]:
+        return list(self.objectives or [self.metric])
 
 
 class SchedulerConfig(StrictModel):
@@ -37,6 +45,18 @@ class SchedulerConfig(StrictModel):
 class ConfirmConfig(StrictModel):
     seeds: int = Field(2, ge=0)  # fresh training seeds per confirmed config; 0 skips confirmation
     seed_offset: int = Field(1000, ge=1)
+    # The confirmed ScoreAug config of a regime: among its feasible searched trials (Pareto-optimal ones in a
+    # multi-objective search), the one lowest (mode max: highest) in this objective; None: the first objective.
+    pick_by: Objective | None = None
+
+
+class ScalingConfig(StrictModel):
+    """How the memorization scaling statistics are estimated (study/scaling.py)."""
+
+    onset_threshold: float = Field(0.1, gt=0.0, lt=1.0)  # memorization that marks a trial's onset of copying
+    reference_arm: str = "baseline"  # data multiplier = this arm's N50 / each other arm's N50
+    bootstrap: int = Field(1000, ge=100)  # resamples over seeds for every interval
+    bootstrap_seed: int = 0  # fixed, so a report reproduces to the digit
 
 
 class ResourcesConfig(StrictModel):
@@ -70,7 +90,12 @@ class StudyConfig(StrictModel):
     name: str = "demo"
     output: str | None = None  # None: ./studies/<name>
     storage_path: str | None = None  # Tune storage: a shared path or s3:// / gs://; None: <output>/tune
-    regimes: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0], min_length=1)
+    # Fractions of the training pool, or training-set sizes: {images: [18, 36, 72]}. Subsets are nested (and
+    # class-balanced on labelled datasets), so regimes differ only in size.
+    regimes: list[float] | dict[str, list[int]] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    # An optional second scaling axis: one dotted trial key and its values, e.g. {model.model_channels: [16, 32, 64]}.
+    # Every regime is crossed with every value; each cell is searched (or ablated) on its own.
+    capacities: dict[str, list[Any]] | None = None
     trial: TrialConfig = Field(default_factory=TrialConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -78,6 +103,7 @@ class StudyConfig(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ablation: AblationConfig | None = None  # set: run these arms instead of search + confirmation
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     @field_validator("name")
     @classmethod
@@ -96,9 +122,28 @@ class StudyConfig(StrictModel):
             raise ValueError("must be a path shared by every node (NFS) or a URI with a bucket, e.g. s3://bucket/prefix")
         return value
 
+    @field_validator("regimes", mode="before")
+    @classmethod
+    def _regime_shape(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) != {"images"} or not isinstance(value["images"], list):
+                raise ValueError("training-set sizes are given as {images: [18, 36, 72]}")
+            if not value["images"]:
+                raise ValueError("List should have at least 1 item")
+        elif isinstance(value, list) and not value:
+            raise ValueError("List should have at least 1 item")
+        return value
+
     @field_validator("regimes")
     @classmethod
-    def _regimes(cls, value: list[float]) -> list[float]:
+    def _regimes(cls, value: list[float] | dict[str, list[int]]) -> list[float] | dict[str, list[int]]:
+        if isinstance(value, dict):
+            sizes = value["images"]
+            if any(size < 2 for size in sizes):
+                raise ValueError(f"each regime size is at least 2 images; {min(sizes)} is not")
+            if len(set(sizes)) != len(sizes):
+                raise ValueError("regimes must be distinct")
+            return {"images": sorted(sizes)}
         for fraction in value:
             if not 0 < fraction <= 1:
                 raise ValueError(f"each regime is a fraction of the training set in (0, 1]; {fraction} is not")
@@ -106,35 +151,58 @@ class StudyConfig(StrictModel):
             raise ValueError("regimes must be distinct")
         return sorted(value)
 
+    @field_validator("capacities")
+    @classmethod
+    def _capacities(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if value is None:
+            return None
+        if len(value) != 1:
+            raise ValueError("one capacity axis: a single dotted trial key with its values, e.g. {model.model_channels: [16, 32]}")
+        (key, values), = value.items()
+        if not values or len(set(map(repr, values))) != len(values):
+            raise ValueError(f"capacities.{key}: give distinct values")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":
         from search_spaces.spaces import SPACES
 
         if self.search.space not in SPACES:
             raise ValueError(f"search.space {self.search.space!r} is unknown; choose one of {', '.join(SPACES)}")
-        if self.search.metric.startswith("fid") and not self.trial.eval.fid:
-            raise ValueError(f"search.metric {self.search.metric} needs trial.eval.fid: true")
+        named = [("search.objectives" if self.search.objectives else "search.metric", o) for o in self.search.objective_names]
+        for key, objective in named + [("confirm.pick_by", self.confirm.pick_by or "")]:
+            if objective.startswith("fid") and not self.trial.eval.fid:
+                raise ValueError(f"{key} {objective} needs trial.eval.fid: true")
+        if self.confirm.pick_by and self.confirm.pick_by not in self.search.objective_names:
+            raise ValueError(f"confirm.pick_by {self.confirm.pick_by} must be one of the search objectives "
+                             f"({', '.join(self.search.objective_names)})")
         if self.ablation:
             self._check_arms()
+        if self.capacities:
+            self._check_overrides("capacities", {f"{key}={v}": {key: v} for key, values in self.capacities.items() for v in values})
         if self.scheduler.kind == "asha" and self.scheduler.metric.startswith("fid") and self.trial.eval.fid_at != "every":
             raise ValueError("scheduler.metric fid needs trial.eval.fid_at: every (ASHA compares trials at every eval point)")
         return self
 
     def _check_arms(self) -> None:
-        """Each arm must give a valid trial config, checked now rather than when its trials start."""
-        from trainables.config import set_by_path
-
-        for name, overrides in self.ablation.arms.items():
+        for name in self.ablation.arms:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
                 raise ValueError(f"ablation.arms: arm name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+        self._check_overrides("ablation.arms", self.ablation.arms)
+
+    def _check_overrides(self, where: str, named: dict[str, dict[str, Any]]) -> None:
+        """Each named set of overrides must give a valid trial config, checked now rather than when its trials start."""
+        from trainables.config import set_by_path
+
+        for name, overrides in named.items():
             tree = self.trial.model_dump()
             try:
                 for path, value in overrides.items():
                     set_by_path(tree, path, value)
-                TrialConfig.model_validate(tree)
+                TrialConfig.model_validate(tree).resolved_model()
             except (ValidationError, ConfigError) as err:
                 problem = describe_validation_error(err, TrialConfig) if isinstance(err, ValidationError) else str(err)
-                raise ValueError(f"ablation.arms.{name}: {problem}") from None
+                raise ValueError(f"{where}.{name}: {problem}") from None
 
     @property
     def output_dir(self) -> Path:
@@ -156,8 +224,6 @@ class StudyConfig(StrictModel):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
-    def regime_name(self, fraction: float) -> str:
-        return f"r{fraction:g}"
 
 
 def load_study_config(path: str | None = None, overrides: list[str] = ()) -> StudyConfig:
@@ -167,4 +233,4 @@ def load_study_config(path: str | None = None, overrides: list[str] = ()) -> Stu
     return config
 
 
-__all__ = ["StudyConfig", "load_study_config", "ConfigError", "METRICS"]
+__all__ = ["StudyConfig", "load_study_config", "ConfigError"]

@@ -9,29 +9,62 @@ from __future__ import annotations
 
 import pickle
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from study.searcher import BASELINE, open_regime_study
+from search_spaces.spaces import baseline_overrides
+from study.cells import Cell
+from study.config import ConfirmConfig, SearchConfig
+from study.scaling import non_dominated
+from study.searcher import BASELINE, load_regime_study, study_name
 
 
-def confirmation_suggestions(regimes: dict[str, float], storage_url: str, study_prefix: str, seeds: int,
-                             seed_offset: int, base_dropout: float) -> tuple[list[dict], list[str]]:
-    """Per regime: the best completed ScoreAug trial and the baseline, each with `seeds` fresh seeds."""
+def _violation(trial: FrozenTrial) -> float:
+    return sum(max(v, 0.0) for v in trial.constraints.values())
+
+
+def pareto_optimal(trials: list[FrozenTrial], mode: str) -> list[FrozenTrial]:
+    """The trials no other trial dominates (every objective at least as good, one better)."""
+    return [t for t, optimal in zip(trials, non_dominated([t.values for t in trials], mode)) if optimal]
+
+
+def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str | None) -> tuple[FrozenTrial | None, str]:
+    """The searched trial to confirm, and a note when the rule had to bend.
+
+    Among completed searched trials: the feasible ones (constraint met; if none is, the least infeasible, noted),
+    then in a multi-objective search the Pareto-optimal ones, then the best in `pick_by` (default: first objective)."""
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") != BASELINE]
+    if not searched:
+        return None, "no ScoreAug trial completed its full budget; nothing to confirm"
+    note = ""
+    least = min(_violation(t) for t in searched)
+    candidates = [t for t in searched if _violation(t) <= least]
+    if least > 0:
+        note = (f"no searched trial met memorization_max <= {search.max_memorization:g}; confirming the least "
+                f"infeasible (memorization_max {least + search.max_memorization:.3g})")
+    if len(search.objective_names) > 1:
+        candidates = pareto_optimal(candidates, search.mode)
+    index = search.objective_names.index(pick_by or search.objective_names[0])
+    choose = min if search.mode == "min" else max
+    return choose(candidates, key=lambda t: t.values[index]), note
+
+
+def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: str, confirm: ConfirmConfig,
+                             search: SearchConfig, base_dropout: float) -> tuple[list[dict], list[str]]:
+    """Per cell: the picked ScoreAug trial and the baseline, each with `confirm.seeds` fresh seeds."""
     suggestions, notes = [], []
-    for index, (regime, fraction) in enumerate(regimes.items()):
-        study = open_regime_study(storage_url, f"{study_prefix}-{regime}", 0)
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        searched = [t for t in complete if t.user_attrs.get("role") != BASELINE]
-        if not searched:
-            notes.append(f"{regime}: no ScoreAug trial completed its full budget; nothing to confirm")
+    for cell in cells:
+        name = study_name(study_prefix, cell.name)
+        best, note = pick_confirmed(load_regime_study(storage_url, name).get_trials(deepcopy=False), search, confirm.pick_by)
+        if note:
+            notes.append(f"{cell.name}: {note}")
+        if best is None:
             continue
-        best = min(searched, key=lambda t: t.value)
-        baseline = {"score_augment.p": 0.0, "clean_augment.p": 0.0, "model.dropout": base_dropout}
-        for role, overrides, source in (("best", best.user_attrs["overrides"], best.number), (BASELINE, baseline, None)):
-            for k in range(seeds):
-                suggestions.append({"regime": regime, "regime_fraction": fraction, "role": role, "optuna_study": study.study_name,
-                                    "optuna_trial": source, "overrides": overrides, "seed": seed_offset + k})
+        for role, overrides, source in (("best", best.user_attrs["overrides"], best.number),
+                                        (BASELINE, baseline_overrides(base_dropout), None)):
+            for k in range(confirm.seeds):
+                suggestions.append(cell.suggestion(role=role, optuna_study=name, optuna_trial=source, overrides=overrides,
+                                                   seed=confirm.seed_offset + k))
     return suggestions, notes
 
 

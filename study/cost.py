@@ -29,7 +29,7 @@ def gpu_hours(config: StudyConfig, total_trials: int, img_per_sec: float | None 
         img_per_sec, source = cited
     trial, ev = config.trial, config.trial.eval
     train_images = total_trials * trial.train.total_kimg * 1000
-    sample_evals = trial.train.total_kimg / ev.every_kimg if ev.fid_at == "every" else 1
+    sample_evals = len(ev.points_kimg(trial.train.total_kimg)) if ev.fid_at == "every" else 1
     sample_passes = total_trials * sample_evals * ev.num_samples * (2 * ev.sampler_steps - 1) * FORWARD_SHARE
     return train_images / img_per_sec / 3600, sample_passes / img_per_sec / 3600, source
 

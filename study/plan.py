@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from study.cells import Cell, study_cells
 from study.config import StudyConfig
 from study.cost import describe_cost
 from study.trial import trains_in_trial_process
-from trainables.data import pool_size, regime_size
 
 
 class PlanError(RuntimeError):
@@ -27,8 +27,8 @@ class Node:
 
 @dataclass(frozen=True)
 class Plan:
-    regimes: list[tuple[str, float, int]]  # (name, fraction, images)
-    trials_per_regime: int
+    cells: list[Cell]  # regimes, crossed with capacities where the study has that axis
+    trials_per_regime: int  # per cell
     confirmation_trials: int
     cpus_per_trial: float
     gpus_per_trial: float
@@ -36,7 +36,7 @@ class Plan:
 
     @property
     def total_trials(self) -> int:
-        return len(self.regimes) * self.trials_per_regime + self.confirmation_trials
+        return len(self.cells) * self.trials_per_regime + self.confirmation_trials
 
 
 def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
@@ -67,16 +67,15 @@ def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
 
 def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
     """The plan; with `nodes` None (an autoscaling cluster not yet up) concurrency is max_concurrent or 1."""
-    pool = pool_size(config.trial.dataset, config.trial.data_path)
-    regimes = [(config.regime_name(f), f, regime_size(pool, f)) for f in config.regimes]
+    cells = study_cells(config)
     r = config.resources
     concurrency = check_fits(config, nodes) if nodes is not None else (r.max_concurrent or 1)
     ablation = config.ablation
     return Plan(
-        regimes=regimes,
+        cells=cells,
         # an ablation runs each arm once per seed per regime, with no search and no confirmation
         trials_per_regime=len(ablation.arms) * ablation.seeds if ablation else config.search.trials_per_regime,
-        confirmation_trials=0 if ablation else len(regimes) * 2 * config.confirm.seeds,
+        confirmation_trials=0 if ablation else len(cells) * 2 * config.confirm.seeds,
         cpus_per_trial=r.num_workers * r.cpus_per_worker,
         gpus_per_trial=r.num_workers * r.gpus_per_worker,
         concurrency=concurrency,
@@ -101,15 +100,20 @@ def describe(config: StudyConfig, plan: Plan) -> str:
     else:
         lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
                  f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs)"]
-    for name, fraction, images in plan.regimes:
-        lines.append(f"  regime {name}: {fraction:g} of the training set = {images} images")
+    for cell in plan.cells:
+        size = f"{cell.images} images" if cell.regime_images else f"{cell.regime_fraction:g} of the training set = {cell.images} images"
+        lines.append(f"  regime {cell.name}: {size}" + (f", capacity {cell.capacity}" if cell.capacity else ""))
     lines += [
         f"  per trial: {r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
         f"{' in the reused trial process' if trains_in_trial_process(r.model_dump()) else ''}, "
-        f"{config.trial.train.total_kimg:g} kimg, eval every {config.trial.eval.every_kimg:g} kimg",
+        f"{config.trial.train.total_kimg:g} kimg, eval at kimg "
+        f"{', '.join(f'{k:g}' for k in config.trial.eval.points_kimg(config.trial.train.total_kimg))}"
+        f" (sample metrics {'at each' if config.trial.eval.fid_at == 'every' else 'at the last'})",
         f"  arms: {', '.join(config.ablation.arms)}" if config.ablation else
-        f"  search: {config.search.space} (Optuna TPE, seed {config.search.seed}) on {config.search.metric}; "
-        f"early stopping: {config.scheduler.kind} on {config.scheduler.metric}",
+        f"  search: {config.search.space} (Optuna {'multi-objective ' if config.search.objectives else ''}TPE, seed "
+        f"{config.search.seed}) to {config.search.mode}imize {' and '.join(config.search.objective_names)}"
+        + (f" subject to memorization_max <= {config.search.max_memorization:g}" if config.search.max_memorization is not None else "")
+        + f"; early stopping: {config.scheduler.kind} on {config.scheduler.metric}",
         f"  concurrency: {plan.concurrency} trial(s) at once",
         f"  output: {config.output_dir}",
         f"  tune storage: {config.tune_storage} ({storage_kind(config)})",

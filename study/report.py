@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.config import StudyConfig
+from study.scaling import curve_statistics
 from study.tracking import load_records
 
 FINAL_METRICS = ("fid", "fid_test", "loss_gap", "train_loss", "test_loss", "memorization", "leakage", "fid_floor", "img_per_sec")
@@ -54,7 +55,8 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             "phase": record["phase"],
             "regime": suggestion["regime"],
             "regime_fraction": suggestion["regime_fraction"],
-            "images_in_regime": regime_size(pool, suggestion["regime_fraction"]),
+            "images_in_regime": suggestion.get("images") or regime_size(pool, suggestion["regime_fraction"]),
+            "capacity": suggestion.get("capacity", ""),
             "role": suggestion.get("role", ""),
             "seed": suggestion.get("seed", 0),
             "optuna_trial": suggestion.get("optuna_trial"),
@@ -66,15 +68,16 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             "train_time_s": _train_seconds(history),
             # first training step to the trial's end: training plus its own evaluations, without start-up
             "loop_time_s": record["ended"] - record["first_step_at"] if record.get("ended") and record.get("first_step_at") else None,
+            "eval_time_s": sum(h.get("eval_seconds") or 0.0 for h in history) or None,
             "kimg": last.get("kimg"),
             "mlflow_run_id": record["run_id"],
         }
         for name in FINAL_METRICS:
             value = last.get(name)
             row[name] = float(value) if isinstance(value, (int, float)) else None
-        for name in ("fid", "loss_gap", "test_loss"):
-            values = [h[name] for h in history if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
-            row[f"best_{name}"] = min(values) if values else None
+        row.update(record.get("curve") or curve_statistics(history, config.scaling.onset_threshold))
+        gaps = [h["loss_gap"] for h in history if isinstance(h.get("loss_gap"), (int, float)) and math.isfinite(h["loss_gap"])]
+        row["best_loss_gap"] = min(gaps) if gaps else None
         for key, value in record.get("params", {}).items():
             row[f"param.{key}"] = _value(value)
         rows.append(row)
@@ -92,7 +95,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
     out = []
     confirm = [r for r in rows if r["phase"] == "confirm" and r["status"] == "completed"]
-    for regime in sorted({r["regime"] for r in rows}, key=lambda name: next(r["regime_fraction"] for r in rows if r["regime"] == name)):
+    for regime in regimes_in_order(rows):
         mine = [r for r in confirm if r["regime"] == regime]
         any_row = next(r for r in rows if r["regime"] == regime)
         entry = {"regime": regime, "regime_fraction": any_row["regime_fraction"], "images_in_regime": any_row["images_in_regime"]}
@@ -117,6 +120,14 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry["fid_difference_exceeds_spread"] = None
         out.append(entry)
     return out
+
+
+def regimes_in_order(rows: list[dict]) -> list[str]:
+    """The cells of the rows, capacity-major, smallest training set first."""
+    first = {}
+    for row in rows:
+        first.setdefault(row["regime"], (row.get("capacity") or "", row["images_in_regime"]))
+    return sorted(first, key=first.get)
 
 
 def mean_and_spread(values: list[float]) -> tuple[float | None, float | None]:
@@ -206,14 +217,20 @@ def _plots(summary: list[dict], records: list[dict], folder: Path) -> list[Path]
 
 
 def best_configs(config: StudyConfig, rows: list[dict], folder: Path) -> list[Path]:
+    """Per cell, the config confirmation re-ran (the searched trial its `optuna_trial` names), else the searched
+    trial best in the first objective."""
     paths = []
+    metric = config.confirm.pick_by or config.search.objective_names[0]
     search = [r for r in rows if r["phase"] == "search" and r["status"] == "completed" and r["role"] != "baseline"
-              and r.get(config.search.metric) is not None]
-    for regime in sorted({r["regime"] for r in search}):
-        best = min((r for r in search if r["regime"] == regime), key=lambda r: r[config.search.metric])
+              and r.get(metric) is not None]
+    confirmed = {(r["regime"], r["optuna_trial"]) for r in rows if r["phase"] == "confirm" and r["role"] == "best"}
+    choose = min if config.search.mode == "min" else max
+    for regime in regimes_in_order(search):
+        mine = [r for r in search if r["regime"] == regime]
+        best = next((r for r in mine if (regime, r["optuna_trial"]) in confirmed), None) or choose(mine, key=lambda r: r[metric])
         params = {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")}
         path = folder / f"best_config_{regime}.json"
-        path.write_text(json.dumps({"trial_id": best["trial_id"], config.search.metric: best[config.search.metric], "config": params}, indent=1))
+        path.write_text(json.dumps({"trial_id": best["trial_id"], metric: best[metric], "config": params}, indent=1))
         paths.append(path)
     return paths
 
@@ -224,14 +241,16 @@ def param_importances(config: StudyConfig, output: Path, regimes: list[str]) -> 
     With a handful of trials per regime these are rough; a regime with too few finished trials is left out."""
     import optuna
 
-    from study.searcher import optuna_storage
+    from study.searcher import optuna_storage, study_name
 
     storage = optuna_storage(f"sqlite:///{output / 'optuna.db'}")
     found = {}
     for regime in regimes:
         try:
-            study = optuna.load_study(study_name=f"{config.name}-{regime}", storage=storage)
-            importance = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study = optuna.load_study(study_name=study_name(config.name, regime), storage=storage)
+            importance = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)
         except (KeyError, RuntimeError, ValueError):  # no such study, too few finished trials, or nothing varies
             continue
         if importance:
@@ -252,8 +271,9 @@ def importances_markdown(importances: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(config: StudyConfig, output: Path, log=print) -> list[Path]:
-    """Write results.parquet and the report; returns the files to attach to the study's parent run."""
+def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Path], dict[str, float]]:
+    """Write results.parquet and the report; returns the files and the headline metrics for the study's parent run."""
+    from study.scaling_report import write_scaling_report
     from trainables.data import pool_size
 
     records = _records(output)
@@ -261,30 +281,34 @@ def write_report(config: StudyConfig, output: Path, log=print) -> list[Path]:
     pq.write_table(_table(rows), output / "results.parquet")
     report = output / "report"
     report.mkdir(exist_ok=True)
+    scaling = write_scaling_report(config, output, rows, records)
     if config.ablation:
-        return _write_ablation_report(config, rows, output, report, log)
+        artifacts = _write_ablation_report(config, rows, output, report, scaling.markdown, log)
+        return artifacts + scaling.artifacts, scaling.parent_metrics
     summary = summarize(rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
     notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
     markdown = summary_markdown(summary, notes)
     importances = param_importances(config, output, [e["regime"] for e in summary])
     (report / "importances.json").write_text(json.dumps(importances, indent=1))
+    markdown += "\n" + scaling.markdown
     markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
     (report / "summary.md").write_text(markdown)
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
     artifacts += _plots(summary, records, report)
     artifacts += best_configs(config, rows, report)
     log(markdown)
-    return artifacts
+    return artifacts + scaling.artifacts, scaling.parent_metrics
 
 
-def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, log=print) -> list[Path]:
+def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str,
+                           log=print) -> list[Path]:
     from study.ablation import arms_markdown, arms_plot, summarize_arms
 
     summary = summarize_arms(config, rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")
     notes = [f"- {sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "diverged", "failed")]
-    markdown = arms_markdown(summary) + "\n".join(notes) + "\n"
+    markdown = arms_markdown(summary) + "\n".join(notes) + "\n\n" + scaling_markdown
     (report / "ablation.md").write_text(markdown)
     log(markdown)
     return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]

@@ -17,7 +17,7 @@ from study.confirm import FixedSearcher, confirmation_suggestions
 from study.plan import Node, describe, make_plan
 from study.progress import ProgressCallback
 from study.searcher import RegimeSearcher
-from study.tracking import MlflowTrialCallback, connect, load_records, records_file, start_parent_run
+from study.tracking import MlflowTrialCallback, connect, load_records, log_parent_metrics, records_file, start_parent_run
 from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
 
 STATE_FILE = "study_state.json"
@@ -128,10 +128,21 @@ def _finish(output: Path, phase: str, expected: int) -> None:
         raise KeyboardInterrupt
 
 
+def early_stopping(config: StudyConfig):
+    """ASHA on the scheduler's metric at eval points (kimg), in the search's direction; None without early stopping."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if config.scheduler.kind != "asha":
+        return None
+    total_kimg = config.trial.train.total_kimg
+    return ASHAScheduler(time_attr="kimg", metric=config.scheduler.metric, mode=config.search.mode, max_t=total_kimg,
+                         grace_period=min(config.scheduler.grace_kimg, total_kimg),
+                         reduction_factor=config.scheduler.reduction_factor)
+
+
 def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
     """Run (or resume) the whole study; returns the output folder."""
     import ray
-    from ray.tune.schedulers import ASHAScheduler
 
     output = config.output_dir
     try:
@@ -160,15 +171,14 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
         base_trial = config.trial.model_dump()
         resources = config.resources.model_dump()
         trainable = make_trainable(base_trial, resources, config.tune_storage)
-        regimes = {name: fraction for name, fraction, _ in plan.regimes}
         storage_url = f"sqlite:///{output / 'optuna.db'}"
         base_dropout = config.trial.resolved_model()["dropout"]
         total_kimg = config.trial.train.total_kimg
-        metric = config.search.metric
+        metric = config.search.objective_names[0]
 
         def tracker(phase: str) -> MlflowTrialCallback:
             return MlflowTrialCallback(config.tracking_uri, experiment_id, parent, records_file(output, phase),
-                                       phase, total_kimg, base_trial)
+                                       phase, total_kimg, base_trial, config.scaling.onset_threshold, output / "samples")
 
         def callbacks(phase: str, total: int):
             return [tracker(phase), ProgressCallback(phase, total, metric, total_kimg)]
@@ -176,7 +186,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
         if config.ablation and state["phase"] == "search":
             state["phase"] = "ablation"
         if state["phase"] == "ablation":
-            suggestions = ablation_suggestions(config, regimes)
+            suggestions = ablation_suggestions(config, plan.cells)
             _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("ablation", len(suggestions)),
                    "ablation", len(suggestions), plan.concurrency, resume).fit()
             _finish(output, "ablation", len(suggestions))
@@ -184,14 +194,9 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             _save_state(output, state)
 
         if state["phase"] == "search":
-            searcher = RegimeSearcher(regimes, config.search.space, storage_url, config.name, config.search.trials_per_regime,
-                                      config.search.seed, metric, base_dropout, total_kimg)
-            scheduler = None
-            if config.scheduler.kind == "asha":
-                scheduler = ASHAScheduler(time_attr="kimg", metric=config.scheduler.metric, mode="min", max_t=total_kimg,
-                                          grace_period=min(config.scheduler.grace_kimg, total_kimg),
-                                          reduction_factor=config.scheduler.reduction_factor)
-            n_search = len(regimes) * config.search.trials_per_regime
+            searcher = RegimeSearcher(plan.cells, config.search, storage_url, config.name, base_dropout, total_kimg)
+            scheduler = early_stopping(config)
+            n_search = len(plan.cells) * config.search.trials_per_regime
             _tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
                    plan.concurrency, resume).fit()
             _finish(output, "search", n_search)
@@ -200,8 +205,8 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             _save_state(output, state)
 
         if state["phase"] == "confirm":
-            suggestions, notes = confirmation_suggestions(regimes, storage_url, config.name, config.confirm.seeds,
-                                                          config.confirm.seed_offset, base_dropout)
+            suggestions, notes = confirmation_suggestions(plan.cells, storage_url, config.name, config.confirm,
+                                                          config.search, base_dropout)
             for note in notes:
                 log(note)
             if suggestions:
@@ -220,10 +225,11 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
 
     from study.report import write_report
 
-    artifacts = write_report(config, output, log)
+    artifacts, headline = write_report(config, output, log)
     try:
         for path in artifacts:
             client.log_artifact(parent, str(path), "report" if path.parent.name == "report" else None)
+        log_parent_metrics(client, parent, headline)
         client.set_terminated(parent, "FINISHED")
     except Exception as err:  # the results are on disk; only their copy in MLflow is missing
         raise StudyError(f"results and report are written to {output}, but MLflow at {config.tracking_uri} failed "

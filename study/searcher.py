@@ -1,9 +1,10 @@
 """One Optuna study per data-limited regime, behind a single Ray Tune searcher.
 
-Tune runs all regimes in one experiment (the cluster stays busy); this searcher hands out
-trials regime by regime in turn and reports each result back to its own regime's Optuna study
-(seeded TPE, persisted in an RDB storage). Trials that ASHA stopped early are told to Optuna
-as PRUNED, diverged or failed ones as FAIL, so TPE never learns from partial-budget values.
+Tune runs all regimes (cells: regime x capacity) in one experiment (the cluster stays busy); this searcher
+hands out trials cell by cell in turn and reports each result back to its own cell's Optuna study
+(seeded TPE, multi-objective when the config names several objectives, persisted in an RDB storage).
+Trials that ASHA stopped early are told to Optuna as PRUNED, diverged or failed ones as FAIL, so TPE never
+learns from partial-budget values.
 """
 
 from __future__ import annotations
@@ -15,115 +16,145 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search_spaces.spaces import baseline_params, get_space
+from search_spaces.spaces import baseline_overrides, baseline_params, get_space
+from study.cells import Cell
+from study.config import SearchConfig
 
 BASELINE = "baseline"
 SEARCH = "search"
+MEMORIZATION_CONSTRAINT = "memorization_max"
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
 
 
-def open_regime_study(storage_url: str, study_name: str, seed: int) -> optuna.Study:
+def study_name(prefix: str, cell: str) -> str:
+    """The Optuna study of one cell: the study's name and the cell's."""
+    return f"{prefix}-{cell}"
+
+
+def open_regime_study(storage_url: str, name: str, seed: int, directions: list[str]) -> optuna.Study:
+    """A cell's study: TPE (multi-objective TPE for several directions), which also reads the trials' constraints."""
     return optuna.create_study(
-        study_name=study_name,
+        study_name=name,
         storage=optuna_storage(storage_url),
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),
-        direction="minimize",
+        directions=directions,
         load_if_exists=True,
     )
 
 
-def trial_outcome(result: dict | None, error: bool, total_kimg: float, metric: str) -> tuple[TrialState, float | None]:
-    """How a finished Tune trial is told to Optuna."""
+def load_regime_study(storage_url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=optuna_storage(storage_url))
+
+
+def trial_outcome(result: dict | None, error: bool, total_kimg: float, objectives: list[str]) -> tuple[TrialState, list[float] | None]:
+    """How a finished Tune trial is told to Optuna: only a full-budget trial with finite objectives is COMPLETE."""
     if error or not result or result.get("diverged"):
         return TrialState.FAIL, None
     if result.get("kimg", 0.0) < total_kimg - 1e-6:
         return TrialState.PRUNED, None
-    value = result.get(metric)
-    if value is None or not math.isfinite(value):
+    values = [result.get(name) for name in objectives]
+    if any(v is None or not math.isfinite(v) for v in values):
         return TrialState.FAIL, None
-    return TrialState.COMPLETE, float(value)
+    return TrialState.COMPLETE, [float(v) for v in values]
 
 
 class RegimeSearcher(Searcher):
-    """Round-robin over regimes; `trials_per_regime` asks per regime, the first of each being the baseline."""
+    """Round-robin over cells; `trials_per_regime` asks per cell, the first of each being the baseline.
 
-    def __init__(self, regimes: dict[str, float], space: str, storage_url: str, study_prefix: str,
-                 trials_per_regime: int, seed: int, metric: str, base_dropout: float, total_kimg: float):
-        # No metric for Tune: it would demand the objective in every result, but FID arrives only at the end.
+    `memorization_max` (the largest memorization over a trial's eval points, Gu et al.'s protocol) is kept per
+    trial from its results, so it can be an objective, and the constraint `max_memorization` reaches Optuna as
+    `memorization_max - max_memorization` (feasible at or below 0), for completed and pruned trials alike."""
+
+    def __init__(self, cells: list[Cell], search: SearchConfig, storage_url: str, study_prefix: str,
+                 base_dropout: float, total_kimg: float):
+        # No metric for Tune: it would demand the objective in every result, but FID may arrive only at the end.
         super().__init__(metric=None, mode=None)
-        self.objective = metric
-        self.regimes = regimes
-        self.space = space
+        self.cells = {cell.name: cell for cell in cells}
+        self.search = search
         self.storage_url = storage_url
         self.study_prefix = study_prefix
-        self.trials_per_regime = trials_per_regime
-        self.seed = seed
         self.base_dropout = base_dropout
         self.total_kimg = total_kimg
         self.live: dict[str, tuple[str, int]] = {}
+        self.memorization_max: dict[str, float] = {}
         self._studies: dict[str, optuna.Study] = {}
 
-    def study_name(self, regime: str) -> str:
-        return f"{self.study_prefix}-{regime}"
+    def study_name(self, cell: str) -> str:
+        return study_name(self.study_prefix, cell)
 
-    def study(self, regime: str) -> optuna.Study:
-        if regime not in self._studies:
-            index = list(self.regimes).index(regime)
-            study = open_regime_study(self.storage_url, self.study_name(regime), self.seed + index)
+    def study(self, cell: str) -> optuna.Study:
+        if cell not in self._studies:
+            index = list(self.cells).index(cell)
+            directions = [f"{self.search.mode}imize"] * len(self.search.objective_names)
+            study = open_regime_study(self.storage_url, self.study_name(cell), self.search.seed + index, directions)
             if not study.trials:  # a resumed study already holds its baseline: never enqueue it twice
                 study.enqueue_trial(baseline_params(self.base_dropout), user_attrs={"role": BASELINE})
-            self._studies[regime] = study
-        return self._studies[regime]
+            self._studies[cell] = study
+        return self._studies[cell]
 
-    def _next_regime(self) -> str | None:
+    def _next_cell(self) -> str | None:
         # The enqueued baseline waits in the study until asked: it is not yet a trial handed out.
-        asked = {r: sum(t.state != TrialState.WAITING for t in self.study(r).get_trials(deepcopy=False)) for r in self.regimes}
-        open_regimes = [r for r, n in asked.items() if n < self.trials_per_regime]
-        return min(open_regimes, key=lambda r: asked[r]) if open_regimes else None
+        asked = {c: sum(t.state != TrialState.WAITING for t in self.study(c).get_trials(deepcopy=False)) for c in self.cells}
+        open_cells = [c for c, n in asked.items() if n < self.search.trials_per_regime]
+        return min(open_cells, key=lambda c: asked[c]) if open_cells else None
 
     def suggest(self, trial_id: str) -> dict | None:
-        regime = self._next_regime()
-        if regime is None:
+        cell = self._next_cell()
+        if cell is None:
             return Searcher.FINISHED
-        study = self.study(regime)
+        study = self.study(cell)
         trial = study.ask()
         role = trial.user_attrs.get("role", SEARCH)
-        overrides = get_space(self.space)(trial)
+        overrides = get_space(self.search.space)(trial)
         if role == BASELINE:
-            overrides = {"score_augment.p": 0.0, "clean_augment.p": 0.0, "model.dropout": self.base_dropout}
+            overrides = baseline_overrides(self.base_dropout)
         trial.set_user_attr("overrides", overrides)
-        self.live[trial_id] = (regime, trial.number)
-        return {"regime": regime, "regime_fraction": self.regimes[regime], "role": role,
-                "optuna_study": self.study_name(regime), "optuna_trial": trial.number, "overrides": overrides, "seed": 0}
+        self.live[trial_id] = (cell, trial.number)
+        return self.cells[cell].suggestion(role=role, optuna_study=self.study_name(cell), optuna_trial=trial.number,
+                                           overrides=overrides, seed=0)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get("memorization")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.memorization_max[trial_id] = max(self.memorization_max.get(trial_id, value), float(value))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.live:
             return
-        regime, number = self.live.pop(trial_id)
-        state, value = trial_outcome(result, error, self.total_kimg, self.objective)
-        study = self.study(regime)
-        if study.get_trials(deepcopy=False)[number].state.is_finished():
+        cell, number = self.live.pop(trial_id)
+        if result is not None:
+            self.on_trial_result(trial_id, result)
+            result = {**result, "memorization_max": self.memorization_max.get(trial_id)}
+        state, values = trial_outcome(result, error, self.total_kimg, self.search.objective_names)
+        study = self.study(cell)
+        frozen = study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():
             return
-        study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+        memorization_max = self.memorization_max.pop(trial_id, None)
+        if self.search.max_memorization is not None and memorization_max is not None and state != TrialState.FAIL:
+            optuna.Trial(study, frozen._trial_id).set_constraint(
+                MEMORIZATION_CONSTRAINT, memorization_max - self.search.max_memorization)
+        study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
 
     def close_orphans(self) -> int:
         """Mark trials still RUNNING in Optuna (their Tune trial is gone) as FAIL; returns how many."""
         closed = 0
-        for regime in self.regimes:
-            study = self.study(regime)
+        for cell in self.cells:
+            study = self.study(cell)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 study.tell(trial.number, state=TrialState.FAIL)
                 closed += 1
         return closed
 
     def get_state(self) -> dict:
-        return {"live": dict(self.live)}
+        return {"live": dict(self.live), "memorization_max": dict(self.memorization_max)}
 
     def set_state(self, state: dict) -> None:
         self.live = dict(state["live"])
+        self.memorization_max = dict(state.get("memorization_max", {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:

@@ -17,10 +17,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from study.scaling import curve_statistics
 from trainables.config import flatten
 
 CONTRACT_METRICS = ("kimg", "train_loss", "test_loss", "loss_gap", "fid", "fid_test", "leakage", "memorization", "img_per_sec")
-SUMMARY_METRICS = ("fid_floor",)
+SUMMARY_METRICS = ("fid_floor", "eval_seconds")
+# Per-trial statistics of the whole curve, logged once when the trial ends (study/scaling.py computes them).
+CURVE_METRICS = ("memorization_max", "memorization_onset_kimg", "best_fid", "best_fid_kimg", "best_fid_test",
+                 "best_fid_test_kimg", "test_loss_min_kimg")
 
 
 class TrackingError(RuntimeError):
@@ -94,6 +98,14 @@ def start_parent_run(client: MlflowClient, experiment_id: str, study_name: str, 
     return run.info.run_id
 
 
+def log_parent_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
+    """The study's headline statistics (N50, EMM, data multiplier, ...) on its parent run, in one batch per 500."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, 0) for name, value in sorted(values.items())]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
+
+
 def _param_value(value) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
@@ -130,8 +142,10 @@ class MlflowTrialCallback(Callback):
     """Creates, fills and closes one child run per Tune trial; reuses runs across `--resume`."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, state_file: Path, phase: str,
-                 total_kimg: float, base_trial: dict):
+                 total_kimg: float, base_trial: dict, onset_threshold: float, samples_dir: Path):
         self.uri = uri
+        self.onset_threshold = onset_threshold
+        self.samples_dir = Path(samples_dir)  # sample grids are kept here, beside the records, and logged from here
         self.base_trial = base_trial
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -155,7 +169,7 @@ class MlflowTrialCallback(Callback):
         for point in record["history"]:
             self.pending.append((trial_id, "log_batch", (_metrics(point, nimg_step(point.get("kimg", 0.0))), [], [])))
         if record.get("status"):
-            self.pending.append((trial_id, "log_batch", ([], [], self._status_tags(record))))
+            self.pending.append((trial_id, "log_batch", self._closing_batch(record)))
             self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
 
     def __getstate__(self):
@@ -256,18 +270,20 @@ class MlflowTrialCallback(Callback):
         self._save_state()
 
     def _log_grid(self, trial_id: str, fs, path: str, step: int) -> None:
-        from trainables.checkpoint import SAMPLE_GRID
+        """Copy the eval point's sample grid (and its samples-beside-nearest-training-image grid) out of the
+        checkpoint, which Train may delete later, into the study's samples folder, and log them to the run."""
+        from trainables.checkpoint import NEAREST_GRID, SAMPLE_GRID
 
-        try:
-            with fs.open_input_stream(f"{path}/{SAMPLE_GRID}") as stream:
-                data = stream.read()
-        except (OSError, FileNotFoundError):
-            return
-        import tempfile
-
-        local = Path(tempfile.mkdtemp()) / f"kimg-{step:09d}.png"
-        local.write_bytes(data)
-        self._call(trial_id, "log_artifact", str(local), "samples")
+        for name, artifact_dir in ((SAMPLE_GRID, "samples"), (NEAREST_GRID, "nearest")):
+            try:
+                with fs.open_input_stream(f"{path}/{name}") as stream:
+                    data = stream.read()
+            except (OSError, FileNotFoundError):
+                continue
+            local = self.samples_dir / trial_id / artifact_dir / f"kimg-{step:09d}.png"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            self._call(trial_id, "log_artifact", str(local), artifact_dir)
 
     def _finish(self, trial, failed: bool, reason: str = "") -> None:
         record = self.run_for(trial)
@@ -280,15 +296,25 @@ class MlflowTrialCallback(Callback):
             status = "early_stopped"
         else:
             status = "completed"
-        record.update(status=status, reason=reason[:500], ended=time.time())
+        record.update(status=status, reason=reason[:500], ended=time.time(),
+                      curve=curve_statistics(record["history"], self.onset_threshold))
         self._save_state()
-        self._call(trial.trial_id, "log_batch", [], [], self._status_tags(record))
+        self._call(trial.trial_id, "log_batch", *self._closing_batch(record))
         self._call(trial.trial_id, "set_terminated", self._run_status(status))
 
     @staticmethod
-    def _status_tags(record: dict) -> list[RunTag]:
+    def _closing_batch(record: dict) -> tuple[list[Metric], list, list[RunTag]]:
+        """The trial's curve statistics (at its last step) and its status tags; an onset never reached is a tag,
+        never a number."""
         reason = record.get("reason", "")
-        return [RunTag("status", record["status"])] + ([RunTag("failure_reason", reason)] if reason else [])
+        tags = [RunTag("status", record["status"])] + ([RunTag("failure_reason", reason)] if reason else [])
+        curve = record.get("curve", {})
+        if curve.get("memorization_onset_censored"):
+            tags.append(RunTag("memorization_onset", "not reached"))
+        step = max(record.get("last_step", 0), 0)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(curve[k]), now, step) for k in CURVE_METRICS if isinstance(curve.get(k), (int, float))]
+        return metrics, [], tags
 
     @staticmethod
     def _run_status(status: str) -> str:

@@ -18,11 +18,12 @@ TRIAL_DRIVER_RESOURCE = "trial_driver"
 
 
 def trial_config(base: dict, suggestion: dict) -> dict:
-    """The base trial config with the regime, the seed and the searched overrides applied, validated."""
+    """The base trial config with the cell (regime and capacity), the seed and the searched overrides applied, validated."""
     tree = copy.deepcopy(base)
     tree["regime_fraction"] = suggestion["regime_fraction"]
+    tree["regime_images"] = suggestion.get("regime_images")
     tree["seed"] = suggestion.get("seed", 0)
-    for path, value in suggestion["overrides"].items():
+    for path, value in {**suggestion.get("fixed", {}), **suggestion["overrides"]}.items():
         set_by_path(tree, path, value)
     return TrialConfig.model_validate(tree).model_dump()
 

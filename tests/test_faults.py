@@ -22,7 +22,7 @@ from study.config import load_study_config
 from study.runner import run_study
 from tests.conftest import ROOT, TINY_TRIAL, free_port
 
-TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds"}
+TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds", "eval_seconds"}
 
 
 def _run_cli(*args, timeout=60, env=None) -> subprocess.CompletedProcess:
@@ -109,12 +109,16 @@ def test_same_config_and_seed_give_identical_metrics_on_cpu(tmp_path):
 def test_same_study_seed_gives_the_same_trial_configs(tmp_path):
     """The real RegimeSearcher (seeded TPE over Optuna RDB storage), twice: the same suggestions, past TPE's
     3 random start-up trials (trials 4 and 5 of each regime are TPE's), when it is told the same results."""
+    from study.cells import Cell
+    from study.config import SearchConfig
     from study.searcher import RegimeSearcher
+
+    cells = [Cell("r0.5", 0.5, None, 719), Cell("r1", 1.0, None, 1438)]
 
     def suggestions(folder, seed):
         (tmp_path / folder).mkdir()
-        searcher = RegimeSearcher({"r0.5": 0.5, "r1": 1.0}, "scoreaug", f"sqlite:///{tmp_path / folder / 'optuna.db'}",
-                                  "det", 5, seed, "test_loss", 0.1, 0.256)
+        search = SearchConfig(trials_per_regime=5, seed=seed, metric="test_loss")
+        searcher = RegimeSearcher(cells, search, f"sqlite:///{tmp_path / folder / 'optuna.db'}", "det", 0.1, 0.256)
         out = []
         for number in range(10):
             suggestion = searcher.suggest(f"t{number}")

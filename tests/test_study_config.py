@@ -16,7 +16,7 @@ def _run(*args, timeout=60):
 
 
 BAD_CONFIGS = [
-    (["search.trials_per_regim=3"], "search.trials_per_regim: unknown key; allowed here: metric, mode, seed, space, trials_per_regime"),
+    (["search.trials_per_regim=3"], "search.trials_per_regim: unknown key; allowed here: max_memorization, metric, mode, objectives, seed, space, trials_per_regime"),
     (["trial.score_augment.p=1.5"], "trial.score_augment.p: Input should be less than or equal to 1"),
     (["trial.score_augment.p=-0.1"], "trial.score_augment.p: Input should be greater than or equal to 0"),
     (["trial.model.dropout=-0.2"], "trial.model.dropout: Input should be greater than or equal to 0"),
@@ -31,12 +31,28 @@ BAD_CONFIGS = [
     (["trial.train.batch_size=lots"], "trial.train.batch_size: Input should be a valid integer"),
     (["trial.train.total_kimg=0"], "trial.train.total_kimg: Input should be greater than 0"),
     (["search.space=everything"], "search.space 'everything' is unknown; choose one of scoreaug"),
-    (["search.metric=accuracy"], "search.metric: Input should be 'fid', 'fid_test', 'test_loss' or 'loss_gap'"),
+    (["search.metric=accuracy"], "search.metric: Input should be 'fid', 'fid_test', 'test_loss', 'loss_gap', 'memorization' or 'memorization_max'"),
+    (["search.objectives=[fid_test]"], "search.objectives: List should have at least 2 items"),
+    (["search.objectives=[fid_test,copies]"], "search.objectives.1: Input should be 'fid'"),
+    (["search.max_memorization=1.5"], "search.max_memorization: Input should be less than or equal to 1"),
+    (["search.objectives=[fid_test,memorization_max]", "confirm.pick_by=loss_gap"],
+     "confirm.pick_by loss_gap must be one of the search objectives (fid_test, memorization_max)"),
+    (["search.metric=test_loss", "search.objectives=[test_loss,fid_test]", "trial.eval.fid=false"],
+     "search.objectives fid_test needs trial.eval.fid: true"),
+    (["regimes={images: [1, 4]}"], "regimes: each regime size is at least 2 images; 1 is not"),
+    (["regimes={images: [18, 18]}"], "regimes must be distinct"),
+    (["regimes={sizes: [18]}"], "regimes: training-set sizes are given as {images: [18, 36, 72]}"),
+    (["regimes={images: []}"], "regimes: List should have at least 1 item"),
+    (["capacities={model.model_channels: [16], model.dropout: [0.1]}"], "capacities: one capacity axis"),
+    (["capacities={model.model_channels: [16, 16]}"], "capacities.model.model_channels: give distinct values"),
+    (["capacities={model.model_channels: [2, 16]}"],
+     "capacities.model.model_channels=2: model.model_channels: Input should be greater than or equal to 4"),
+    (["capacities={model.widths: [2]}"], "capacities.model.widths=2: model.widths: unknown key"),
     (["scheduler.kind=hyperband"], "scheduler.kind: Input should be 'asha' or 'none'"),
     (["trial.model.preset=huge"], "model.preset: unknown preset 'huge'; choose one of"),
     (["name=my study!"], "name: must be 1-64 letters"),
-    (["trial.eval.fid=false"], "search.metric fid needs trial.eval.fid: true"),
-    (["scheduler.kind=asha", "scheduler.metric=fid"], "scheduler.metric fid needs trial.eval.fid_at: every"),
+    (["search.metric=fid", "search.max_memorization=null", "trial.eval.fid=false"], "search.metric fid needs trial.eval.fid: true"),
+    (["scheduler.kind=asha", "scheduler.metric=fid", "trial.eval.fid_at=final"], "scheduler.metric fid needs trial.eval.fid_at: every"),
     (["confirm.seeds=-1"], "confirm.seeds: Input should be greater than or equal to 0"),
     (["trial.clean_augment.cutout_min=0.6", "trial.clean_augment.cutout_max=0.3"], "cutout_min must not exceed cutout_max"),
     (["trial.runtime.device=tpu"], "trial.runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
@@ -76,10 +92,23 @@ def test_missing_config_file():
 def test_dry_run_prints_the_plan(tmp_path):
     result = _run("--dry-run", "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    for expected in ("regime r0.3: 0.3 of the training set = 431 images", "concurrency: 2 trial(s) at once",
+    for expected in ("regime n18: 18 images", "regime n72: 72 images", "eval at kimg 2.5, 5, 10, 20, 25",
+                     "to minimize fid_test subject to memorization_max <= 0.1", "concurrency: 2 trial(s) at once",
                      f"tracking: sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "tune storage:", "optuna storage:"):
         assert expected in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_names_fractions_capacities_and_a_size_the_pool_lacks(tmp_path):
+    result = _run("--dry-run", "--output", str(tmp_path / "out"), "--set", "regimes=[0.3,1.0]",
+                  "--set", "capacities={model.model_channels: [16, 32]}")
+    assert result.returncode == 0, result.stderr
+    for expected in ("regime r0.3-model_channels16: 0.3 of the training set = 431 images, capacity model_channels=16",
+                     "regime r1-model_channels32: 1 of the training set = 1438 images, capacity model_channels=32",
+                     "28 trials (3 searched per regime incl. the baseline, 16 confirmation runs)"):
+        assert expected in result.stdout, result.stdout
+    too_many = _run("--dry-run", "--set", "regimes={images: [18, 5000]}")
+    assert too_many.returncode == 2 and "5000" in too_many.stderr and "1438" in too_many.stderr, too_many.stderr
 
 
 @pytest.mark.parametrize("name", ["mnist.yaml", "cifar10.yaml"])
@@ -119,10 +148,13 @@ def test_infeasible_plan_fails_fast_from_the_cli(tmp_path):
 
 def test_one_trial_per_regime_runs_each_regimes_baseline(tmp_path):
     """The enqueued baseline is not a handed-out trial until asked: one trial per regime is the baseline, not zero."""
+    from study.cells import Cell
+    from study.config import SearchConfig
     from study.searcher import RegimeSearcher
 
-    searcher = RegimeSearcher({"r0.5": 0.5, "r1": 1.0}, "scoreaug", f"sqlite:///{tmp_path / 'optuna.db'}", "one", 1, 0,
-                              "test_loss", 0.1, 0.256)
+    cells = [Cell("r0.5", 0.5, None, 719), Cell("r1", 1.0, None, 1438)]
+    searcher = RegimeSearcher(cells, SearchConfig(trials_per_regime=1, metric="test_loss"), f"sqlite:///{tmp_path / 'optuna.db'}",
+                              "one", 0.1, 0.256)
     handed = [searcher.suggest("t0"), searcher.suggest("t1")]
     assert sorted(s["regime"] for s in handed) == ["r0.5", "r1"] and all(s["role"] == "baseline" for s in handed)
     assert searcher.suggest("t2") == searcher.FINISHED

@@ -191,3 +191,71 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
         assert steps == [128, 256, 384, 512], steps  # one continuous kimg axis, no gap, no duplicate
     with pytest.raises(Exception, match="differs from the one"):
         run_study(load_study_config(None, _tiny_study(output) + ["search.trials_per_regime=3"]), resume=True)
+
+
+def test_scaling_study_end_to_end(ray_session, tmp_path):
+    """A tiny memorization scaling study: 2 training-set sizes, 2 arms (baseline, confirmed best ScoreAug) x 2 seeds,
+    searched on two objectives under a memorization constraint, with sample metrics at log-spaced eval points."""
+    overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=scaling", f"output={tmp_path / 'study'}", "regimes={images: [8, 32]}", "search.trials_per_regime=2",
+        "search.objectives=[fid_test,memorization_max]", "search.max_memorization=0.9", "trial.eval.fid=true",
+        "trial.eval.fid_at=every", "trial.eval.schedule=log", "trial.eval.every_kimg=0.064", "scheduler.kind=none",
+        "confirm.seeds=2", "resources.max_concurrent=2", "scaling.bootstrap=200",
+    ]
+    config = load_study_config(None, overrides)
+    output = run_study(config, log=lambda *_: None)
+
+    table = pq.read_table(output / "results.parquet").to_pylist()
+    assert all(r["status"] == "completed" for r in table), [r["failure_reason"] for r in table]
+    assert {(r["regime"], r["images_in_regime"]) for r in table} == {("n8", 8), ("n32", 32)}
+    confirm = [r for r in table if r["phase"] == "confirm"]
+    assert sorted((r["images_in_regime"], r["role"], r["seed"]) for r in confirm) == sorted(
+        (n, role, seed) for n in (8, 32) for role in ("baseline", "best") for seed in (1000, 1001))
+    records = {**json.loads((output / "mlflow_runs_search.json").read_text()),
+               **json.loads((output / "mlflow_runs_confirm.json").read_text())}
+    for row in table:
+        history = records[row["trial_id"]]["history"]
+        assert [h["kimg"] for h in history] == pytest.approx([0.064, 0.128, 0.256])  # the log schedule
+        memorization = [h["memorization"] for h in history]
+        assert row["memorization_max"] == max(memorization) and row["eval_time_s"] > 0
+        assert (row["memorization_onset_kimg"] is None) == row["memorization_onset_censored"]
+        assert row["best_fid_test"] == min(h["fid_test"] for h in history)
+        assert row["best_fid_test_kimg"] in (0.064, 0.128, 0.256) and row["test_loss_min_kimg"] in (0.064, 0.128, 0.256)
+
+    # Optuna: a two-objective study per size, each completed trial carrying its memorization constraint.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{output / 'optuna.db'}")
+    for name in ("scaling-n8", "scaling-n32"):
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert len(study.directions) == 2 and len(study.trials) == 2
+        for trial in study.trials:
+            row = next(r for r in table if r["phase"] == "search" and r["regime"] == name[8:] and r["optuna_trial"] == trial.number)
+            assert trial.values == [row["fid_test"], row["memorization_max"]]
+            assert trial.constraints["memorization_max"] == pytest.approx(row["memorization_max"] - 0.9)
+
+    # MLflow: sample metrics at every eval point, the curve statistics at the end, nearest-neighbour grids.
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    row = confirm[0]
+    assert [m.step for m in client.get_metric_history(row["mlflow_run_id"], "memorization")] == [64, 128, 256]
+    assert client.get_metric_history(row["mlflow_run_id"], "memorization_max")[0].value == row["memorization_max"]
+    run = client.get_run(row["mlflow_run_id"])
+    assert ("memorization_onset_kimg" in run.data.metrics) != (run.data.tags.get("memorization_onset") == "not reached")
+    assert run.data.params["regime_images"] == str(row["images_in_regime"])
+    assert [a.path for a in client.list_artifacts(row["mlflow_run_id"], "nearest")]
+    parent = client.get_run(json.loads((output / "study_state.json").read_text())["parent_run_id"])
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{n}" for n in ("scaling.png", "curves.png", "pareto.png", "nearest.png", "scaling.json")} <= report_files
+
+    # The scaling statistics: one entry per arm, both sizes per arm, a multiplier row against the baseline.
+    scaling = json.loads((output / "report" / "scaling.json").read_text())
+    assert sorted(e["arm"] for e in scaling["per_arm"]) == ["baseline", "best"]
+    assert sorted((e["arm"], e["images"], e["seeds"]) for e in scaling["per_size"]) == [
+        (arm, n, 2) for arm in ("baseline", "best") for n in (8, 32)]
+    assert [(m["arm"], m["reference"]) for m in scaling["multipliers"]] == [("best", "baseline")]
+    for entry in scaling["per_arm"]:
+        assert entry["n50"] is not None or entry["n50_bound"] in ("below", "above")
+    summary = (output / "report" / "summary.md").read_text()
+    assert "## Where memorization starts" in summary and "![scaling](scaling.png)" in summary
+    for name, value in parent.data.metrics.items():  # headline statistics, named by statistic and arm
+        assert name.split(".")[0] in {"n50", "n50_low", "n50_high", "emm", "emm_low", "emm_high", "onset_slope",
+                                      "onset_slope_low", "onset_slope_high", "data_multiplier", "data_multiplier_low",
+                                      "data_multiplier_high", "data_multiplier_lower_bound"}, name

@@ -43,7 +43,8 @@ class TrackingServer:
 
     def callback(self) -> MlflowTrialCallback:
         base = load_trial_config(None, TINY_TRIAL).model_dump()
-        return MlflowTrialCallback(self.url, self.experiment_id, self.parent, self.state_file, "search", TOTAL_KIMG, base)
+        return MlflowTrialCallback(self.url, self.experiment_id, self.parent, self.state_file, "search", TOTAL_KIMG, base,
+                                   0.1, self.state_file.parent / "samples")
 
 
 def _check_run(client: MlflowClient, run_id: str, steps: list[int]) -> None:

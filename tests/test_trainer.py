@@ -10,9 +10,10 @@ import torch
 from tests.conftest import ROOT, TINY_TRIAL
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.config import load_trial_config
-from trainables.data import DatasetError, load_cifar10, load_digits, regime_indices
-from trainables.loop import run_trial
+from trainables.data import DatasetError, load_cifar10, load_digits, regime_indices, regime_size
+from trainables.loop import _ema_beta, _update_ema, run_trial
 from trainables.loss import AUG_DIM, ScoreAugLoss
+from trainables.metrics import beside_nearest
 from trainables.networks import build_denoiser
 from trainables.session import LocalSession
 
@@ -25,7 +26,7 @@ def test_digits_split_is_fixed_and_disjoint():
 
 
 def test_regimes_are_nested():
-    small, medium, full = (set(regime_indices(1438, f, seed=0).tolist()) for f in (0.05, 0.25, 1.0))
+    small, medium, full = (set(regime_indices(1438, regime_size(1438, f), seed=0).tolist()) for f in (0.05, 0.25, 1.0))
     assert small < medium < full and len(full) == 1438 and len(small) == round(1438 * 0.05)
 
 
@@ -53,6 +54,36 @@ def test_loss_decreases_on_a_tiny_problem():
         loss.backward()
         optimizer.step()
     assert fixed_loss() < 0.7 * before
+
+
+@pytest.mark.parametrize("nimg, batch, beta", [
+    (1_000, 64, 0.41179551),  # ramp-up: half-life 0.05 x 1000 = 50 images
+    (100_000, 64, 0.99116696),  # ramp-up: half-life 5000 images
+    (20_000_000, 512, 0.99929047),  # capped: half-life 500 kimg, not 0.05 x 20M = 1000 kimg
+])
+def test_ema_follows_edm_rule_by_default(nimg, batch, beta):
+    assert _ema_beta(load_trial_config(None, []), nimg, batch) == pytest.approx(beta, rel=1e-7)
+
+
+def test_ema_without_rampup_uses_the_plain_half_life():
+    config = load_trial_config(None, ["train.ema_halflife_kimg=0.5", "train.ema_rampup_ratio=null"])
+    assert _ema_beta(config, 1_000, 64) == pytest.approx(0.91509917, rel=1e-7)  # 0.5 ** (64 / 500)
+    assert _ema_beta(config, 64, 64) == _ema_beta(config, 10**9, 64)
+
+
+def test_ema_update_moves_parameters_and_copies_buffers():
+    ema, net = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        ema.weight.zero_(), net.weight.fill_(1.0), net.running_mean.fill_(2.0)
+    _update_ema(ema, net, beta=0.25)
+    assert torch.allclose(ema.weight, torch.full((3,), 0.75)) and torch.equal(ema.running_mean, net.running_mean)
+
+
+def test_samples_found_in_the_training_set_pair_with_themselves():
+    training = load_digits().train[:40]
+    samples = training[torch.randperm(40, generator=torch.Generator().manual_seed(0))[:16]]
+    pairs = beside_nearest(samples, training)
+    assert pairs.shape == (16, 1, 8, 16) and torch.equal(pairs[..., :8], pairs[..., 8:])
 
 
 def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):

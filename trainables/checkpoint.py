@@ -9,6 +9,9 @@ import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLE_GRID = "samples.png"  # written beside each checkpoint, so the driver can log it from storage
+NEAREST_GRID = "nearest.png"  # the first NEAREST_PAIRS grid samples, each beside its nearest training image
+NEAREST_PAIRS = 16
+NEAREST_PAIRS_PER_ROW = 4
 
 
 class CheckpointError(RuntimeError):

@@ -6,10 +6,11 @@ in the message, before any data is loaded or any process is started.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 TransformName = Literal["hflip", "vflip", "rot90", "translate", "brightness", "cutout"]
 ALL_TRANSFORMS: tuple[str, ...] = ("hflip", "vflip", "rot90", "translate", "brightness", "cutout")
@@ -76,14 +77,16 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(128, ge=1)  # global, split across workers
     lr: float = Field(1e-3, gt=0, le=1.0)
     lr_rampup_kimg: float = Field(2.0, ge=0)
-    ema_halflife_kimg: float = Field(0.5, gt=0)
-    ema_rampup_ratio: float | None = Field(0.05, gt=0)  # EDM: half-life at most this fraction of images seen
+    ema_halflife_kimg: float = Field(500.0, gt=0)  # EDM's default; early on the ramp-up below sets the half-life
+    ema_rampup_ratio: float | None = Field(0.05, gt=0)  # EDM: half-life at most this fraction of images seen; None: off
     total_kimg: float = Field(20.0, gt=0)
     checkpoints_kept: int = Field(2, ge=1)
 
 
 class EvalConfig(StrictModel):
     every_kimg: float = Field(5.0, gt=0)
+    schedule: Literal["every", "log"] = "every"  # every: each every_kimg; log: every_kimg x 1, 2, 4, ... (onset curves)
+    at_kimg: list[PositiveFloat] | None = None  # explicit eval points; wins over schedule
     loss_images: int = Field(256, ge=2)
     loss_sigmas: list[float] = Field(default_factory=lambda: list(DEFAULT_LOSS_SIGMAS), min_length=1)
     num_samples: int = Field(500, ge=2)  # generated images for fid, memorization, leakage
@@ -94,6 +97,17 @@ class EvalConfig(StrictModel):
     fid_weights: str | None = None  # explicit path to the feature network's weights
     grid_images: int = Field(64, ge=1)
     seed: int = 0  # fixed noise and sampler seeds: the same across trials, so metrics are comparable
+
+    def points_kimg(self, total_kimg: float) -> list[float]:
+        """Where the trial evaluates and checkpoints, ascending, always ending at `total_kimg` (the final eval)."""
+        if self.at_kimg is not None:
+            candidates = self.at_kimg
+        elif self.schedule == "log":
+            candidates = [self.every_kimg * 2**k for k in range(math.ceil(math.log2(total_kimg / self.every_kimg)) + 1)]
+        else:
+            candidates = [self.every_kimg * k for k in range(1, math.ceil(total_kimg / self.every_kimg) + 1)]
+        inside = {point for point in candidates if point < total_kimg and not math.isclose(point, total_kimg)}
+        return sorted(inside) + [total_kimg]
 
 
 class RuntimeConfig(StrictModel):
@@ -111,6 +125,8 @@ class TrialConfig(StrictModel):
     data_path: str | None = None
     resolution: int | None = Field(None, ge=8)
     regime_fraction: float = Field(1.0, gt=0.0, le=1.0)  # fraction of the training pool
+    regime_images: int | None = Field(None, ge=2)  # images in the regime; wins over regime_fraction
+    class_balanced: bool = True  # labelled datasets: every regime holds each class equally often (within one image)
     subset_seed: int = 0  # nested regime subsets are drawn with this seed
     seed: int = 0  # training seed: network init, batches, noise, augmentation draws
     model: ModelConfig = Field(default_factory=ModelConfig)

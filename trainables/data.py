@@ -1,8 +1,8 @@
 """Datasets held in memory as uint8 tensors, and nested data-limited regime subsets.
 
 Every dataset has a fixed training pool and a fixed held-out test split. A regime is a
-prefix of one seeded permutation of the pool, so the 5% subset lies inside the 10% subset:
-regimes differ only in size.
+prefix of one seeded order of the pool (class-balanced where there are labels), so the 18-image
+subset lies inside the 36-image subset: regimes differ only in size.
 """
 
 from __future__ import annotations
@@ -223,15 +223,41 @@ def load_dataset(name: str, path: str | None = None, resolution: int | None = No
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def regime_size(pool_size: int, fraction: float) -> int:
-    """Images in a regime: at least 2, so train_loss and memorization stay defined."""
+def regime_size(pool_size: int, fraction: float = 1.0, images: int | None = None) -> int:
+    """Images in a regime: `images` when given, else a fraction of the pool, at least 2 so train_loss and memorization stay defined."""
+    if images is not None:
+        if images > pool_size:
+            raise DatasetError(f"regime_images {images} exceeds the training pool of {pool_size} images")
+        return images
     return max(2, min(pool_size, int(round(pool_size * fraction))))
 
 
-def regime_indices(pool_size: int, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Indices of a data-limited regime: a prefix of one seeded permutation, hence nested across fractions."""
-    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))
-    return order[: regime_size(pool_size, fraction)]
+def regime_indices(pool_size: int, size: int, seed: int = 0, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The first `size` entries of one seeded order of the pool, so regimes of every size are nested.
+
+    With labels the order is class-balanced, so a small regime is not missing a class by chance.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        order = torch.randperm(pool_size, generator=generator)
+    elif len(labels) == pool_size:
+        order = _class_balanced_order(labels, generator)
+    else:
+        raise ValueError(f"{len(labels)} labels for a pool of {pool_size} images")
+    return order[:size]
+
+
+def _class_balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each class shuffled, then dealt one image per class per round (classes in a seeded order): every prefix
+    holds each class equally often, within one image, for as long as every class still has images."""
+    classes = torch.unique(labels)
+    classes = classes[torch.randperm(len(classes), generator=generator)]
+    deal_position = torch.empty(len(labels), dtype=torch.long)
+    for seat, label in enumerate(classes):
+        members = torch.nonzero(labels == label).flatten()
+        shuffled = members[torch.randperm(len(members), generator=generator)]
+        deal_position[shuffled] = torch.arange(len(shuffled)) * len(classes) + seat
+    return torch.argsort(deal_position)
 
 
 def pool_size(name: str, path: str | None = None) -> int:

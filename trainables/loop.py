@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainables.checkpoint import SAMPLE_GRID, load_checkpoint, save_checkpoint
+from trainables.checkpoint import NEAREST_GRID, NEAREST_PAIRS, NEAREST_PAIRS_PER_ROW, SAMPLE_GRID, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.data import ImageDataset, load_dataset, regime_indices, to_signed, to_uint8
+from trainables.data import ImageDataset, load_dataset, regime_indices, regime_size, to_signed, to_uint8
 from trainables.loss import AUG_DIM, ScoreAugLoss
-from trainables.metrics import DenoisingProbe, memorization, save_grid
+from trainables.metrics import DenoisingProbe, beside_nearest, memorization, save_grid
 from trainables.networks import build_denoiser, count_parameters
 from trainables.sampler import heun_sample, seeded_latents
 
@@ -124,10 +124,42 @@ class Evaluator:
 
 
 def _ema_beta(config: TrialConfig, nimg: int, batch: int) -> float:
+    """EDM's EMA decay per step: the half-life grows with images seen (ramp-up) until it reaches ema_halflife_kimg."""
     halflife = config.train.ema_halflife_kimg * 1000
     if config.train.ema_rampup_ratio is not None:
         halflife = min(halflife, nimg * config.train.ema_rampup_ratio)
     return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
+    """One fused lerp over all parameters; buffers are copied, since averaging them means nothing."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - beta)
+    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b_net)
+
+
+def _regime(config: TrialConfig, dataset: ImageDataset) -> torch.Tensor:
+    """Indices of the trial's training images: nested across sizes, class-balanced where labels exist and asked for."""
+    pool = dataset.train.shape[0]
+    size = regime_size(pool, config.regime_fraction, config.regime_images)
+    labels = dataset.train_labels if config.class_balanced else None
+    return regime_indices(pool, size, config.subset_seed, labels)
+
+
+def _eval_targets(points_kimg: list[float], global_batch: int) -> list[int]:
+    """Eval points in images seen; points closer than one global batch collapse into one, and the last (the total) stays."""
+    wanted = [int(round(point * 1000)) for point in points_kimg]
+    targets = []
+    for nimg in wanted:
+        if not targets or nimg - targets[-1] >= global_batch:
+            targets.append(nimg)
+    targets[-1] = wanted[-1]
+    return targets
+
+
+def _next_target(targets: list[int], nimg: int) -> int:
+    return next((target for target in targets if target > nimg), targets[-1])
 
 
 def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
@@ -139,7 +171,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     tc, ev = config.train, config.eval
 
     dataset = load_dataset(config.dataset, config.data_path, config.resolution)
-    regime = regime_indices(dataset.train.shape[0], config.regime_fraction, config.subset_seed)
+    regime = _regime(config, dataset)
     pool = dataset.train[regime].to(device)
 
     torch.manual_seed(config.seed)
@@ -168,7 +200,8 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
         if rank == 0:
             log(f"resumed from {resume_dir} at kimg {state.kimg:.3f}")
     if rank == 0:
-        log(f"{config.dataset}: {pool.shape[0]} training images (regime {config.regime_fraction:g}), "
+        balance = ", class-balanced" if config.class_balanced and dataset.train_labels is not None else ""
+        log(f"{config.dataset}: {pool.shape[0]} of {dataset.train.shape[0]} training images{balance}, "
             f"network {count_parameters(net) / 1e6:.3f} M parameters, device {device}, {world} worker(s)")
 
     ddp = session.prepare(net)
@@ -180,8 +213,8 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     local_batch = max(1, tc.batch_size // world)
     global_batch = local_batch * world
     total_nimg = int(round(tc.total_kimg * 1000))
-    eval_nimg = max(global_batch, int(round(ev.every_kimg * 1000)))
-    next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
+    targets = _eval_targets(ev.points_kimg(tc.total_kimg), global_batch)
+    next_eval = _next_target(targets, state.nimg)  # after a resume: the first point past the resumed kimg
     train_seconds, train_images = 0.0, 0
     first_step_at = None
     reports = []
@@ -207,12 +240,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
         optimizer.step()
         state.nimg += global_batch
         state.step += 1
-        beta = _ema_beta(config, state.nimg, global_batch)
-        with torch.no_grad():
-            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p_net.detach(), 1 - beta)
-            for b_ema, b_net in zip(ema.buffers(), net.buffers()):
-                b_ema.copy_(b_net)
+        _update_ema(ema, net, _ema_beta(config, state.nimg, global_batch))
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - started
@@ -220,19 +248,22 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
         first_step_at = first_step_at or time.time()
 
         final = state.nimg >= total_nimg
-        if state.nimg >= next_eval or final:
-            next_eval = (state.nimg // eval_nimg + 1) * eval_nimg
+        if state.nimg >= next_eval:
+            next_eval = _next_target(targets, state.nimg)
             metrics = {"kimg": state.kimg, "img_per_sec": train_images / max(train_seconds, 1e-9)}
             if not reports:  # wall-clock time of this process's first step: the driver derives start-up cost from it
                 metrics["first_step_at"] = first_step_at
             train_seconds, train_images = 0.0, 0
+            eval_started = time.perf_counter()
             metrics.update(_evaluate(evaluator, ema, final or ev.fid_at == "every", rank, world))
+            metrics["eval_seconds"] = time.perf_counter() - eval_started  # sampling, sample metrics and loss probes
             if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)) and rank == 0:
                 log(f"warning: non-finite eval metrics at kimg {state.kimg:.3f}: {metrics}")
             checkpoint_dir = None
             if rank == 0:
                 checkpoint_dir = session.scratch_dir()
-                _save(checkpoint_dir, config, net, ema, optimizer, state, generators, world, metrics.pop("_grid"))
+                _save(checkpoint_dir, config, net, ema, optimizer, state, generators, world)
+                _save_pictures(checkpoint_dir, metrics.pop("_grid"), evaluator.regime_images)
                 log(_format(metrics))
             else:
                 metrics.pop("_grid", None)
@@ -267,7 +298,7 @@ def _gather_rng(generators: dict, world: int) -> dict:
     return states
 
 
-def _save(directory: Path, config, net, ema, optimizer, state, generators, world, grid) -> None:
+def _save(directory: Path, config, net, ema, optimizer, state, generators, world) -> None:
     rng = _gather_rng(generators, world)
     rng["world_size"] = world
     save_checkpoint(
@@ -282,7 +313,13 @@ def _save(directory: Path, config, net, ema, optimizer, state, generators, world
         },
         directory,
     )
+
+
+def _save_pictures(directory: Path, grid: torch.Tensor, regime_images: torch.Tensor) -> None:
+    """The sample grid, and its first samples beside their nearest training images: copying is seen, not just counted."""
     save_grid(grid, directory / SAMPLE_GRID)
+    pairs = beside_nearest(grid[:NEAREST_PAIRS], regime_images)
+    save_grid(pairs, directory / NEAREST_GRID, columns=NEAREST_PAIRS_PER_ROW, border=128)  # gray: pairs stand apart
 
 
 def _format(metrics: dict) -> str:

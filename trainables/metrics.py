@@ -1,4 +1,5 @@
-"""Evaluation metrics that need no feature network: fixed-grid denoising losses, memorization, sample grids."""
+"""Evaluation metrics that need no feature network: fixed-grid denoising losses, memorization, sample grids and
+samples beside their nearest training images."""
 
 from __future__ import annotations
 
@@ -40,26 +41,38 @@ class DenoisingProbe:
         return total / (len(self.sigmas) * self.images.shape[0])
 
 
+def nearest_training_images(samples: torch.Tensor, training_images: torch.Tensor, k: int = 1):
+    """Pixel-L2 distances and indices of each sample's k nearest training images, nearest first (torch.topk's pair)."""
+    gen = samples.flatten(1).float()
+    train = training_images.flatten(1).float().to(gen.device)
+    return torch.cdist(gen, train).topk(k, dim=1, largest=False)
+
+
 def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = 1.0 / 3.0) -> float:
     """Fraction of samples whose nearest training image is closer than `ratio` times the second nearest (pixel L2)."""
     if training_images.shape[0] < 2:
         return float("nan")
-    gen = samples.flatten(1).float()
-    train = training_images.flatten(1).float().to(gen.device)
-    distances = torch.cdist(gen, train)
-    nearest = distances.topk(2, dim=1, largest=False).values
+    nearest = nearest_training_images(samples, training_images, k=2).values
     return float((nearest[:, 0] < ratio * nearest[:, 1]).float().mean().item())
 
 
-def save_grid(images_uint8: torch.Tensor, path: Path, upscale: int | None = None) -> Path:
-    """A square PNG grid of uint8 images [N, C, H, W]; small images are upscaled so they can be seen."""
+def beside_nearest(samples: torch.Tensor, training_images: torch.Tensor) -> torch.Tensor:
+    """Each sample with its nearest training image to its right, uint8 [N, C, H, 2W]: copying shows at a glance."""
+    index = nearest_training_images(samples, training_images).indices[:, 0]
+    partners = training_images.to(samples.device)[index]
+    return torch.cat([samples, partners], dim=-1)
+
+
+def save_grid(images_uint8: torch.Tensor, path: Path, upscale: int | None = None, columns: int | None = None, border: int = 0) -> Path:
+    """A PNG grid of uint8 images [N, C, H, W], square unless `columns` is given, lines between them of value `border`;
+    small images are upscaled so they can be seen."""
     from PIL import Image
 
     images = images_uint8.cpu()
     n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = torch.zeros(c, rows * (h + 1) + 1, cols * (w + 1) + 1, dtype=torch.uint8)
+    canvas = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), border, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
         canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = images[i]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.checkpoint import CHECKPOINT_FILE, SAMPLE_GRID
+from trainables.checkpoint import CHECKPOINT_FILE, NEAREST_GRID, SAMPLE_GRID
 
 
 def auto_device(preference: str) -> torch.device:
@@ -23,7 +23,7 @@ def auto_device(preference: str) -> torch.device:
 
 
 class LocalSession:
-    """One process, no Ray: metrics to DIR/metrics.jsonl, checkpoints to DIR/checkpoints/kimg-XXXXXXX/."""
+    """One process, no Ray: metrics to DIR/metrics.jsonl, checkpoints to DIR/checkpoints/kimg-XXXXXXX/, pictures to DIR/samples/."""
 
     rank = 0
     world_size = 1
@@ -44,10 +44,10 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None:
             name = f"kimg-{int(round(metrics['kimg'] * 1000)):09d}"
-            grid = checkpoint_dir / SAMPLE_GRID
-            if grid.exists():
-                (self.output / "samples").mkdir(exist_ok=True)
-                shutil.copy(grid, self.output / "samples" / f"{name}.png")
+            for picture, suffix in ((SAMPLE_GRID, ""), (NEAREST_GRID, "-nearest")):  # kept past checkpoint rotation
+                if (checkpoint_dir / picture).exists():
+                    (self.output / "samples").mkdir(exist_ok=True)
+                    shutil.copy(checkpoint_dir / picture, self.output / "samples" / f"{name}{suffix}.png")
             target = self.output / "checkpoints" / name
             shutil.rmtree(target, ignore_errors=True)
             shutil.move(str(checkpoint_dir), target)

@@ -1,0 +1,48 @@
+"""The cells of a study: each data-limited regime, crossed with each model capacity when the study has that axis.
+
+A cell is the unit that is searched (one Optuna study) or ablated on its own, and the unit the scaling
+statistics put on their axes: training images N, and capacity. Its suggestion fields travel with every
+trial, so a worker, the tracker and the report all read the cell from the trial itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from study.config import StudyConfig
+from trainables.data import pool_size, regime_size
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str  # "r0.1", "n18", or "n18-model_channels32" with a capacity axis
+    regime_fraction: float
+    regime_images: int | None  # set when the study gives regimes as image counts
+    images: int  # the training-set size this cell trains on
+    capacity: str = ""  # "model_channels=32", or "" without a capacity axis
+    fixed: dict[str, Any] = field(default_factory=dict)  # the capacity's trial overrides
+
+    def suggestion(self, **fields) -> dict:
+        """What Tune hands the trainable (and the tracker records) for one trial of this cell."""
+        return {"regime": self.name, "regime_fraction": self.regime_fraction, "regime_images": self.regime_images,
+                "images": self.images, "capacity": self.capacity, "fixed": dict(self.fixed), **fields}
+
+
+def _regimes(config: StudyConfig, pool: int) -> list[tuple[str, float, int | None, int]]:
+    """(name, fraction, images asked for, images) per regime, smallest first."""
+    if isinstance(config.regimes, dict):
+        return [(f"n{n}", 1.0, n, regime_size(pool, images=n)) for n in config.regimes["images"]]
+    return [(f"r{f:g}", f, None, regime_size(pool, f)) for f in config.regimes]
+
+
+def study_cells(config: StudyConfig) -> list[Cell]:
+    """Every cell of the study, capacity-major, sizes ascending; raises DatasetError for a size the pool lacks."""
+    pool = pool_size(config.trial.dataset, config.trial.data_path)
+    regimes = _regimes(config, pool)
+    if not config.capacities:
+        return [Cell(name, fraction, asked, images) for name, fraction, asked, images in regimes]
+    (key, values), = config.capacities.items()
+    leaf = key.rsplit(".", 1)[-1]
+    return [Cell(f"{name}-{leaf}{value}", fraction, asked, images, f"{leaf}={value}", {key: value})
+            for value in values for name, fraction, asked, images in regimes]
