@@ -78,6 +78,8 @@ def curves_figure(curves: list[dict], folder: Path, threshold: float = 0.1) -> l
     seeds; kimg is on a log axis when it spans more than 8x (then kimg 0 is left out). The dotted line is the
     memorization onset threshold.
     """
+    if not curves:
+        return []
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -144,6 +146,8 @@ def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid
     seeds never reached onset; (c) loss gap and (d) best held-out FID, mean and seed std. Points of different
     arms at one size are shifted slightly sideways so their bars do not hide each other.
     """
+    if not summary["per_size"]:  # no seeded re-run completed: nothing to draw
+        return []
     plt = _pyplot()
 
     per_size, per_arm = summary["per_size"], summary["per_arm"]

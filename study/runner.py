@@ -83,7 +83,9 @@ def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int) 
     # its worker group and another to see it finish. Set before Ray starts, so its processes inherit it.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     # The dashboard must run: Tune frees an early-stopped trial's worker placement group through its state API.
-    ray.init(num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
+    # address="local": a Ray already running on this machine (`ray start`, `ray up` on localhost) is never joined
+    # by accident; --address auto or RAY_ADDRESS joins it on purpose.
+    ray.init(address="local", num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
     return True
 

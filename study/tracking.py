@@ -235,6 +235,8 @@ class MlflowTrialCallback(Callback):
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "regime": suggestion["regime"],
+            "images": str(suggestion.get("images", "")),  # the regime's training-set size
+            "capacity": suggestion.get("capacity", ""),
             "trial_id": trial.trial_id,
             "searcher": {"search": "optuna-tpe", "confirm": "confirmation"}.get(self.phase, self.phase),
             "phase": self.phase,

@@ -129,3 +129,9 @@ def test_nearest_figure(tmp_path):
     Image.fromarray(np.zeros((64, 128), dtype=np.uint8)).save(pairs["gray"])
     assert_pngs(nearest_figure(pairs, 72, tmp_path), ["nearest.png"])
     assert nearest_figure({}, 72, tmp_path) == []
+
+
+def test_a_study_without_seeded_reruns_draws_no_scaling_figures(tmp_path):
+    """trials_per_regime=1 confirms nothing: the report must still be written, without these two figures."""
+    empty = {"per_size": [], "per_arm": [], "multipliers": []}
+    assert scaling_figure(empty, tmp_path) == [] and curves_figure([], tmp_path) == []

@@ -239,7 +239,7 @@ def test_scaling_study_end_to_end(ray_session, tmp_path):
     assert client.get_metric_history(row["mlflow_run_id"], "memorization_max")[0].value == row["memorization_max"]
     run = client.get_run(row["mlflow_run_id"])
     assert ("memorization_onset_kimg" in run.data.metrics) != (run.data.tags.get("memorization_onset") == "not reached")
-    assert run.data.params["regime_images"] == str(row["images_in_regime"])
+    assert run.data.params["regime_images"] == run.data.tags["images"] == str(row["images_in_regime"])
     assert [a.path for a in client.list_artifacts(row["mlflow_run_id"], "nearest")]
     parent = client.get_run(json.loads((output / "study_state.json").read_text())["parent_run_id"])
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
