@@ -88,3 +88,17 @@ def test_search_mode_reaches_asha():
         config = load_study_config(None, [f"search.mode={mode}", "scheduler.kind=asha"])
         assert early_stopping(config)._mode == mode
     assert early_stopping(load_study_config(None, ["scheduler.kind=none"])) is None
+
+
+def test_capacity_cells_cross_every_size_and_reach_the_trial_config():
+    from study.cells import study_cells
+    from study.trial import trial_config
+
+    config = load_study_config(None, ["regimes={images: [18, 36]}", "capacities={model.model_channels: [16, 32]}"])
+    cells = study_cells(config)
+    assert [(c.name, c.images, c.capacity) for c in cells] == [
+        ("n18-model_channels16", 18, "model_channels=16"), ("n36-model_channels16", 36, "model_channels=16"),
+        ("n18-model_channels32", 18, "model_channels=32"), ("n36-model_channels32", 36, "model_channels=32")]
+    trial = trial_config(config.trial.model_dump(), cells[3].suggestion(overrides={"score_augment.p": 0.5}, seed=3))
+    assert trial["model"]["model_channels"] == 32 and trial["regime_images"] == 36 and trial["seed"] == 3
+    assert trial["score_augment"]["p"] == 0.5
