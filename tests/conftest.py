@@ -28,6 +28,9 @@ TINY_TRIAL = [
     "dataset=digits", "model.preset=digits-tiny", "train.batch_size=32", "train.total_kimg=0.256",
     "eval.every_kimg=0.128", "eval.loss_images=32", "eval.num_samples=32", "eval.sampler_steps=4",
     "eval.grid_images=16", "eval.fid=false", "runtime.threads=1",
+    # The trial defaults, restated: study tests start from demo.yaml, whose log schedule and sample metrics at every
+    # point they do not want unless they ask for them.
+    "eval.schedule=every", "eval.fid_at=final",
 ]
 
 # The session cluster: head (0 CPU, trial drivers, dashboard) + worker nodes of 1 CPU each.
