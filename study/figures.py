@@ -26,7 +26,9 @@ def _pyplot():
 
 
 def _arm_colors(arms) -> dict[str, str]:
-    return {arm: f"C{i % 10}" for i, arm in enumerate(dict.fromkeys(arms))}
+    """One colour per arm, the same in every figure: the baseline first, the others in name order."""
+    ordered = sorted(set(arms), key=lambda arm: (arm != "baseline", arm))
+    return {arm: f"C{i % 10}" for i, arm in enumerate(ordered)}
 
 
 def _size_axis(ax, sizes) -> None:
@@ -124,8 +126,16 @@ def curves_figure(curves: list[dict], folder: Path, threshold: float = 0.1) -> l
                     ax.set_title(f"N = {images}")
                 if row == len(present) - 1:
                     ax.set_xlabel("kimg")
-        if log_kimg:
+        if log_kimg:  # the axes share x: one call sets them all; ticks at the eval points, plainly numbered
+            import matplotlib.ticker
+
+            ticks = []
+            for kimg in sorted({h["kimg"] for c in curves for h in c["history"] if h.get("kimg")}):
+                if not ticks or kimg >= 1.4 * ticks[-1]:  # labels that would touch on a log axis are left out
+                    ticks.append(kimg)
             axes[0, 0].set_xscale("log")
+            axes[0, 0].set_xticks(ticks, [f"{k:.3g}" for k in ticks])
+            axes[0, 0].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         handles = [Line2D([], [], color=color, label=arm) for arm, color in colors.items()]
         handles.append(Line2D([], [], color="k", linestyle=":", label=f"onset threshold ({threshold:g})"))
         if any(metrics == ("train_loss", "test_loss") for metrics, _ in present):
