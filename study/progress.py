@@ -9,10 +9,11 @@ from ray.tune import Callback
 
 
 class ProgressCallback(Callback):
-    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float):
+    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, mode: str = "min"):
         self.phase = phase
         self.total = total_trials
         self.metric = metric
+        self.better = min if mode == "min" else max
         self.total_kimg = total_kimg
         self.started = time.time()
         self.running: dict[str, str] = {}
@@ -45,7 +46,7 @@ class ProgressCallback(Callback):
         value = result.get(self.metric)
         if isinstance(value, float) and value == value:
             regime = trial.config["regime"]
-            self.best[regime] = min(self.best.get(regime, value), value)
+            self.best[regime] = self.better(self.best.get(regime, value), value)
 
     def _end(self, trial, status: str) -> None:
         regime = self.running.pop(trial.trial_id, trial.config["regime"])

@@ -183,7 +183,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
                                        phase, total_kimg, base_trial, config.scaling.onset_threshold, output / "samples")
 
         def callbacks(phase: str, total: int):
-            return [tracker(phase), ProgressCallback(phase, total, metric, total_kimg)]
+            return [tracker(phase), ProgressCallback(phase, total, metric, total_kimg, config.search.mode)]
 
         if config.ablation and state["phase"] == "search":
             state["phase"] = "ablation"

@@ -111,11 +111,10 @@ def _param_value(value) -> str:
     return text[:6000]
 
 
-def _metrics(values: dict, step: int) -> list[Metric]:
-    """The contract's metrics among a trial's reported values, at one kimg step."""
+def _metrics(values: dict, step: int, names: tuple[str, ...] = CONTRACT_METRICS + SUMMARY_METRICS) -> list[Metric]:
+    """The named metrics among a trial's values (by default the contract's, reported at eval points), at one kimg step."""
     now = int(time.time() * 1000)
-    return [Metric(k, float(values[k]), now, step) for k in CONTRACT_METRICS + SUMMARY_METRICS
-            if isinstance(values.get(k), (int, float))]
+    return [Metric(k, float(values[k]), now, step) for k in names if isinstance(values.get(k), (int, float))]
 
 
 def _param_batches(params: dict) -> list[list[Param]]:
@@ -313,10 +312,7 @@ class MlflowTrialCallback(Callback):
         curve = record.get("curve", {})
         if curve.get("memorization_onset_censored"):
             tags.append(RunTag("memorization_onset", "not reached"))
-        step = max(record.get("last_step", 0), 0)
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(curve[k]), now, step) for k in CURVE_METRICS if isinstance(curve.get(k), (int, float))]
-        return metrics, [], tags
+        return _metrics(curve, max(record.get("last_step", 0), 0), CURVE_METRICS), [], tags
 
     @staticmethod
     def _run_status(status: str) -> str:
