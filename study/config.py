@@ -81,6 +81,12 @@ class AblationConfig(StrictModel):
     seed_offset: int = Field(0, ge=0)
 
 
+class FailuresConfig(StrictModel):
+    """When a study with failed trials counts as failed (exit status 1): all failed, or more than this fraction."""
+
+    max_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class TrackingConfig(StrictModel):
     uri: str | None = None  # None: sqlite:///<output>/mlflow.db
     experiment: str | None = None  # None: the study name
@@ -104,6 +110,7 @@ class StudyConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ablation: AblationConfig | None = None  # set: run these arms instead of search + confirmation
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,8 @@ import time
 
 from ray.tune import Callback
 
+from study.status import DIVERGED, EARLY_STOPPED, FAILED, trial_status
+
 
 class ProgressCallback(Callback):
     def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, mode: str = "min"):
@@ -19,7 +21,6 @@ class ProgressCallback(Callback):
         self.running: dict[str, str] = {}
         self.finished: dict[str, dict] = {}
         self.best: dict[str, float] = {}
-        self.last_kimg: dict[str, float] = {}
 
     def _line(self) -> str:
         elapsed = time.time() - self.started
@@ -29,8 +30,10 @@ class ProgressCallback(Callback):
         parts = []
         for regime in regimes:
             outcomes = [f["status"] for f in self.finished.values() if f["regime"] == regime]
+            failed = outcomes.count(FAILED) + outcomes.count(DIVERGED)
             best = self.best.get(regime)
-            parts.append(f"{regime}: {len(outcomes)} done ({outcomes.count('stopped')} stopped), "
+            parts.append(f"{regime}: {len(outcomes)} done ({outcomes.count(EARLY_STOPPED)} stopped"
+                         + (f", {failed} failed" if failed else "") + "), "
                          f"{sum(1 for r in self.running.values() if r == regime)} running"
                          + (f", best {self.metric} {best:.4g}" if best is not None else ""))
         return f"[{self.phase} {done}/{self.total} | {elapsed / 60:.1f} min{eta}] " + " | ".join(parts)
@@ -42,21 +45,19 @@ class ProgressCallback(Callback):
         self.running[trial.trial_id] = trial.config["regime"]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.last_kimg[trial.trial_id] = result.get("kimg", 0.0)
         value = result.get(self.metric)
         if isinstance(value, float) and value == value:
             regime = trial.config["regime"]
             self.best[regime] = self.better(self.best.get(regime, value), value)
 
-    def _end(self, trial, status: str) -> None:
+    def _end(self, trial, errored: bool) -> None:
         regime = self.running.pop(trial.trial_id, trial.config["regime"])
-        if status == "done" and self.last_kimg.get(trial.trial_id, 0.0) < self.total_kimg - 1e-6:
-            status = "stopped"
+        status = trial_status(trial.last_result, errored, self.total_kimg)
         self.finished[trial.trial_id] = {"regime": regime, "status": status}
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "done")
+        self._end(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "error")
+        self._end(trial, errored=True)

@@ -69,7 +69,7 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             # first training step to the trial's end: training plus its own evaluations, without start-up
             "loop_time_s": record["ended"] - record["first_step_at"] if record.get("ended") and record.get("first_step_at") else None,
             "eval_time_s": sum(h.get("eval_seconds") or 0.0 for h in history) or None,
-            "kimg": last.get("kimg"),
+            "kimg": last.get("kimg", record.get("failure", {}).get("kimg")),  # a failure with no eval point: where it failed
             "mlflow_run_id": record["run_id"],
         }
         for name in FINAL_METRICS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,12 +31,15 @@ def main(argv=None) -> int:
     try:
         config = load_study_config(args.config, overrides)
         from study.plan import PlanError, describe, make_plan
-        from study.runner import StudyError, local_nodes, run_study
+        from study.runner import StudyError, local_nodes, run_study, study_failures
         from study.tracking import TrackingError
         from trainables.data import DatasetError
 
         if args.dry_run:
-            remote = bool(args.address) or config.resources.autoscaling
+            from study.preflight import check_study
+
+            remote = bool(args.address or os.environ.get("RAY_ADDRESS")) or config.resources.autoscaling
+            check_study(config, on_this_machine=not remote)
             print(describe(config, make_plan(config, None if remote else local_nodes(config))))
             if remote:
                 print("  (resources are checked against the cluster at launch)")
@@ -43,6 +47,12 @@ def main(argv=None) -> int:
         output = run_study(config, address=args.address, resume=args.resume)
         print(f"done: {output / 'results.parquet'}, report in {output / 'report'}; "
               f"browse with: mlflow ui --backend-store-uri {config.tracking_uri}")
+        failures = study_failures(output)
+        if failures.too_many(config.failures.max_fraction):
+            print(f"error: {failures.line()} (more than failures.max_fraction={config.failures.max_fraction:g})",
+                  file=sys.stderr)
+            return 1
+        print(failures.line())
         return 0
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

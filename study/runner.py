@@ -15,7 +15,9 @@ from study.config import StudyConfig
 from study.ablation import ablation_suggestions
 from study.confirm import FixedSearcher, confirmation_suggestions
 from study.plan import Node, describe, make_plan
+from study.preflight import check_study
 from study.progress import ProgressCallback
+from study.status import FailureSummary, summarize_failures
 from study.searcher import RegimeSearcher
 from study.tracking import MlflowTrialCallback, connect, load_records, log_parent_metrics, records_file, start_parent_run
 from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
@@ -29,7 +31,7 @@ class StudyError(RuntimeError):
 
 def search_fingerprint(config: StudyConfig) -> str:
     """What a resumed study must share with the original: everything but the output and tracking locations."""
-    relevant = config.model_dump(exclude={"output", "tracking", "storage_path"})
+    relevant = config.model_dump(exclude={"output", "tracking", "storage_path", "failures"})
     relevant["resources"] = {k: v for k, v in relevant["resources"].items() if k in ("num_workers",)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -66,7 +68,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int) -> bool:
+def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int, log=print) -> bool:
     """Join or start Ray; returns whether this call started it (and so must shut it down)."""
     import ray
 
@@ -85,6 +87,7 @@ def _start_ray(config: StudyConfig, address: str | None, concurrency_hint: int) 
     # The dashboard must run: Tune frees an early-stopped trial's worker placement group through its state API.
     # address="local": a Ray already running on this machine (`ray start`, `ray up` on localhost) is never joined
     # by accident; --address auto or RAY_ADDRESS joins it on purpose.
+    log(f"starting a local Ray with {cpus} CPUs (a Ray cluster already running here is not joined; --address auto joins it)")
     ray.init(address="local", num_cpus=cpus, resources={TRIAL_DRIVER_RESOURCE: max(1, concurrency_hint)}, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
     return True
@@ -144,86 +147,22 @@ def early_stopping(config: StudyConfig):
 
 def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
     """Run (or resume) the whole study; returns the output folder."""
-    import ray
-
-    output = config.output_dir
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise StudyError(f"cannot write to output folder {output}: {err.strerror}; choose another with --output") from None
+    remote = bool(address or os.environ.get("RAY_ADDRESS") or config.resources.autoscaling)
+    check_study(config, on_this_machine=not remote)
+    output = _writable_output(config)
     state = _load_state(output, config, resume)
-    plan = make_plan(config, None if address or os.environ.get("RAY_ADDRESS") or config.resources.autoscaling else local_nodes(config))
-
     client, experiment_id = connect(config.tracking_uri, config.experiment_name, output / "mlartifacts")
     parent = start_parent_run(client, experiment_id, config.name,
                               {"git_commit": _git_commit(), "dataset": config.trial.dataset}, state.get("parent_run_id"))
     state["parent_run_id"] = parent
     _save_state(output, state)
-    (output / "study_config.yaml").write_text(_yaml(config))
-    client.log_artifact(parent, str(output / "study_config.yaml"))
-    log(describe(config, plan))
-
-    started_ray = _start_ray(config, address, plan.concurrency)
     try:
-        if not config.resources.autoscaling:
-            plan = make_plan(config, cluster_nodes())
-        base_trial = config.trial.model_dump()
-        resources = config.resources.model_dump()
-        trainable = make_trainable(base_trial, resources, config.tune_storage)
-        storage_url = f"sqlite:///{output / 'optuna.db'}"
-        base_dropout = config.trial.resolved_model()["dropout"]
-        total_kimg = config.trial.train.total_kimg
-        metric = config.search.objective_names[0]
-
-        def tracker(phase: str) -> MlflowTrialCallback:
-            return MlflowTrialCallback(config.tracking_uri, experiment_id, parent, records_file(output, phase),
-                                       phase, total_kimg, base_trial, config.scaling.onset_threshold, output / "samples")
-
-        def callbacks(phase: str, total: int):
-            return [tracker(phase), ProgressCallback(phase, total, metric, total_kimg, config.search.mode)]
-
-        if config.ablation and state["phase"] == "search":
-            state["phase"] = "ablation"
-        if state["phase"] == "ablation":
-            suggestions = ablation_suggestions(config, plan.cells)
-            _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("ablation", len(suggestions)),
-                   "ablation", len(suggestions), plan.concurrency, resume).fit()
-            _finish(output, "ablation", len(suggestions))
-            state["phase"] = "report"
-            _save_state(output, state)
-
-        if state["phase"] == "search":
-            searcher = RegimeSearcher(plan.cells, config.search, storage_url, config.name, base_dropout, total_kimg)
-            scheduler = early_stopping(config)
-            n_search = len(plan.cells) * config.search.trials_per_regime
-            _tuner(config, trainable, searcher, scheduler, callbacks("search", n_search), "search", n_search,
-                   plan.concurrency, resume).fit()
-            _finish(output, "search", n_search)
-            searcher.close_orphans()
-            state["phase"] = "confirm"
-            _save_state(output, state)
-
-        if state["phase"] == "confirm":
-            suggestions, notes = confirmation_suggestions(plan.cells, storage_url, config.name, config.confirm,
-                                                          config.search, base_dropout)
-            for note in notes:
-                log(note)
-            if suggestions:
-                _tuner(config, trainable, FixedSearcher(suggestions), None, callbacks("confirm", len(suggestions)),
-                       "confirm", len(suggestions), plan.concurrency, resume).fit()
-                _finish(output, "confirm", len(suggestions))
-            state["phase"] = "report"
-            _save_state(output, state)
-
-        for phase in ("ablation", "search", "confirm"):  # runs that an outage kept from being created, from the records
-            if records_file(output, phase).exists():
-                tracker(phase).on_experiment_end([])
-    finally:
-        if started_ray:
-            ray.shutdown()
+        _run_phases(config, output, state, client, experiment_id, address, remote, resume, log)
+    except BaseException:
+        if not state.get("launched"):  # nothing ran: not a study to resume, so the same command simply starts again
+            (output / STATE_FILE).unlink(missing_ok=True)
+            _quietly(lambda: client.set_terminated(parent, "FAILED"))
+        raise
 
     from study.report import write_report
 
@@ -239,6 +178,87 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
     state["phase"] = "done"
     _save_state(output, state)
     return output
+
+
+def _writable_output(config: StudyConfig) -> Path:
+    output = config.output_dir
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise StudyError(f"cannot write to output folder {output}: {err.strerror}; choose another with --output") from None
+    return output
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except Exception:  # best effort: the caller is already failing with a clearer error
+        pass
+
+
+def _run_phases(config, output, state, client, experiment_id, address, remote, resume, log) -> None:
+    """Start or join Ray, then run the phases from the one the state records, each saved as done when it ends."""
+    import ray
+
+    plan = make_plan(config, None if remote else local_nodes(config))
+    (output / "study_config.yaml").write_text(_yaml(config))
+    client.log_artifact(state["parent_run_id"], str(output / "study_config.yaml"))
+    log(describe(config, plan))
+    started_ray = _start_ray(config, address, plan.concurrency, log)
+    try:
+        if not config.resources.autoscaling:
+            plan = make_plan(config, cluster_nodes())
+        base_trial = config.trial.model_dump()
+        trainable = make_trainable(base_trial, config.resources.model_dump(), config.tune_storage)
+        storage_url = f"sqlite:///{output / 'optuna.db'}"
+        base_dropout = config.trial.resolved_model()["dropout"]
+        total_kimg = config.trial.train.total_kimg
+
+        def tracker(phase: str) -> MlflowTrialCallback:
+            return MlflowTrialCallback(config.tracking_uri, experiment_id, state["parent_run_id"], records_file(output, phase),
+                                       phase, total_kimg, base_trial, config.scaling.onset_threshold, output / "samples")
+
+        def run_phase(phase: str, searcher, scheduler, trials: int, next_phase: str) -> None:
+            if trials:
+                state["launched"] = True
+                _save_state(output, state)
+                callbacks = [tracker(phase), ProgressCallback(phase, trials, config.search.objective_names[0], total_kimg,
+                                                              config.search.mode)]
+                _tuner(config, trainable, searcher, scheduler, callbacks, phase, trials, plan.concurrency, resume).fit()
+                _finish(output, phase, trials)
+            state["phase"] = next_phase
+            _save_state(output, state)
+
+        if config.ablation and state["phase"] == "search":
+            state["phase"] = "ablation"
+        if state["phase"] == "ablation":
+            suggestions = ablation_suggestions(config, plan.cells)
+            run_phase("ablation", FixedSearcher(suggestions), None, len(suggestions), "report")
+        if state["phase"] == "search":
+            searcher = RegimeSearcher(plan.cells, config.search, storage_url, config.name, base_dropout, total_kimg)
+            run_phase("search", searcher, early_stopping(config), len(plan.cells) * config.search.trials_per_regime, "confirm")
+            searcher.close_orphans()
+        if state["phase"] == "confirm":
+            suggestions, notes = confirmation_suggestions(plan.cells, storage_url, config.name, config.confirm,
+                                                          config.search, base_dropout)
+            for note in notes:
+                log(note)
+            run_phase("confirm", FixedSearcher(suggestions), None, len(suggestions), "report")
+
+        for phase in ("ablation", "search", "confirm"):  # runs that an outage kept from being created, from the records
+            if records_file(output, phase).exists():
+                tracker(phase).on_experiment_end([])
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def study_failures(output: Path) -> FailureSummary:
+    """Every ended trial of every phase, and the failed ones grouped by reason."""
+    return summarize_failures([r for phase in ("ablation", "search", "confirm") for r in load_records(output, phase).values()])
 
 
 def _yaml(config: StudyConfig) -> str:

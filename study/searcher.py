@@ -18,6 +18,7 @@ from ray.tune.search import Searcher
 
 from search_spaces.spaces import baseline_overrides, baseline_params, get_space
 from study.cells import Cell
+from study.status import OPTUNA_STATE, trial_status
 from study.config import SearchConfig
 
 BASELINE = "baseline"
@@ -51,10 +52,9 @@ def load_regime_study(storage_url: str, name: str) -> optuna.Study:
 
 def trial_outcome(result: dict | None, error: bool, total_kimg: float, objectives: list[str]) -> tuple[TrialState, list[float] | None]:
     """How a finished Tune trial is told to Optuna: only a full-budget trial with finite objectives is COMPLETE."""
-    if error or not result or result.get("diverged"):
-        return TrialState.FAIL, None
-    if result.get("kimg", 0.0) < total_kimg - 1e-6:
-        return TrialState.PRUNED, None
+    state = OPTUNA_STATE[trial_status(result, error, total_kimg)]
+    if state != TrialState.COMPLETE:
+        return state, None
     values = [result.get(name) for name in objectives]
     if any(v is None or not math.isfinite(v) for v in values):
         return TrialState.FAIL, None

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study.scaling import curve_statistics
+from study.status import FAILED, FAILURE_KEYS, MLFLOW_STATUS, trial_status
 from trainables.config import flatten
 
 CONTRACT_METRICS = ("kimg", "train_loss", "test_loss", "loss_gap", "fid", "fid_test", "leakage", "memorization", "img_per_sec")
@@ -155,21 +156,41 @@ class MlflowTrialCallback(Callback):
         self.pending: list[tuple[str, str, tuple]] = []  # (trial id, client method, args), oldest first
         self.failed_calls = 0
         self._client = None
+        self.logged_steps: dict[str, set[int]] = {}  # per trial, the eval points MLflow already holds (on resume)
         for trial_id, record in self.runs.items():
-            if record.get("run_id") is None:
-                self._queue_replay(trial_id, record)
+            self._queue_replay(trial_id, record)
 
     def _queue_replay(self, trial_id: str, record: dict) -> None:
-        """A run an earlier driver could not create (the server was down until it stopped): create it now and
-        log what the records file kept, params, every eval point and the final status."""
-        self.pending.append((trial_id, "create_run", ()))
-        for batch in _param_batches(record["params"]):
-            self.pending.append((trial_id, "log_batch", ([], batch, [])))
+        """What an earlier driver recorded but MLflow lacks, because the server was down until that driver stopped
+        or was killed: the run itself (found, if it was made, else created), its params, the eval points MLflow
+        does not hold and the final status. Nothing MLflow holds is logged again."""
+        if record.get("closed"):
+            return
+        logged, terminated = self._logged(record)
+        if record.get("run_id") is None:
+            self.pending.append((trial_id, "find_or_create_run", ()))
+            for batch in _param_batches(record["params"]):
+                self.pending.append((trial_id, "log_batch", ([], batch, [])))
+        self.logged_steps[trial_id] = logged | {nimg_step(p.get("kimg", 0.0)) for p in record["history"]}
         for point in record["history"]:
-            self.pending.append((trial_id, "log_batch", (_metrics(point, nimg_step(point.get("kimg", 0.0))), [], [])))
-        if record.get("status"):
+            step = nimg_step(point.get("kimg", 0.0))
+            if step not in logged:
+                self.pending.append((trial_id, "log_batch", (_metrics(point, step), [], [])))
+        if record.get("status") and not terminated:
             self.pending.append((trial_id, "log_batch", self._closing_batch(record)))
             self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
+
+    def _logged(self, record: dict) -> tuple[set[int], bool]:
+        """The kimg steps MLflow holds for the record's run, and whether the run is closed; for a run not yet
+        made, or a server still down, nothing (what is replayed then is everything the records hold)."""
+        if record.get("run_id") is None:
+            return set(), False
+        try:
+            steps = {m.step for m in self.client.get_metric_history(record["run_id"], "kimg")}
+            return steps, self.client.get_run(record["run_id"]).info.status != "RUNNING"
+        except Exception as err:  # guessing would either lose points or log them twice
+            raise TrackingError(f"MLflow at {self.uri} did not answer while the study resumed ({str(err).splitlines()[0][:200]}); "
+                                "run --resume again once it is reachable: every metric is kept in the records file") from None
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -208,12 +229,20 @@ class MlflowTrialCallback(Callback):
     def _try(self, trial_id: str, name: str, args: tuple) -> bool:
         record = self.runs[trial_id]
         try:
-            if name == "create_run":
-                run = self.client.create_run(self.experiment_id, run_name=record["run_name"], tags=record["tags"])
+            if name in ("create_run", "find_or_create_run"):
+                # A killed driver may have made the run and died before saving its id: find it by its tags first.
+                found = self.client.search_runs([self.experiment_id], f"tags.trial_id = '{record['tags']['trial_id']}' and "
+                                                f"tags.phase = '{self.phase}'") if name == "find_or_create_run" else []
+                found = [r for r in found if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id]
+                run = found[0] if found else self.client.create_run(self.experiment_id, run_name=record["run_name"],
+                                                                    tags=record["tags"])
                 record["run_id"] = run.info.run_id
                 self._save_state()
             else:
                 getattr(self.client, name)(record["run_id"], *args)
+                if name == "set_terminated":  # everything of this run is in MLflow: a resumed driver skips it
+                    record["closed"] = True
+                    self._save_state()
             return True
         except Exception:
             return False
@@ -256,15 +285,20 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self.run_for(trial)
+        if "error_kind" in result:  # the trial's one failure report: recorded for its status, never an eval point
+            record["failure"] = {k: result[k] for k in FAILURE_KEYS if k in result}
+            self._save_state()
+            return
         step = nimg_step(result.get("kimg", 0.0))
         if step <= record["last_step"]:
             return  # a resumed trial re-reporting an eval point already logged
-        self._call(trial.trial_id, "log_batch", _metrics(result, step), [], [])
+        if step not in self.logged_steps.get(trial.trial_id, ()):  # logged by a driver killed before it saved it
+            self._call(trial.trial_id, "log_batch", _metrics(result, step), [], [])
         checkpoint = _checkpoint_location(trial, result)
         if checkpoint:
             self._log_grid(trial.trial_id, *checkpoint, step)
         record["last_step"] = step
-        record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS, "diverged", "error") if k in result}
+        record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS) if k in result}
         if "first_step_at" in result and "first_step_at" not in record:
             record["first_step_at"] = result["first_step_at"]
         record["history"].append(record["last_result"])
@@ -288,15 +322,11 @@ class MlflowTrialCallback(Callback):
 
     def _finish(self, trial, failed: bool, reason: str = "") -> None:
         record = self.run_for(trial)
-        last = record.get("last_result", {})
-        if failed:
-            status = "failed"
-        elif last.get("diverged"):
-            status, reason = "diverged", last.get("error", "non-finite loss")
-        elif last.get("kimg", 0.0) < self.total_kimg - 1e-6:
-            status = "early_stopped"
-        else:
-            status = "completed"
+        failure = record.get("failure", {})
+        status = trial_status({**record.get("last_result", {"kimg": 0.0}), **failure}, failed, self.total_kimg)
+        if failure:
+            kind, error = failure["error_kind"], failure.get("error", "")
+            reason = error if kind in ("error", "diverged") else f"{kind} error: {error}"
         record.update(status=status, reason=reason[:500], ended=time.time(),
                       curve=curve_statistics(record["history"], self.onset_threshold))
         self._save_state()
@@ -316,7 +346,7 @@ class MlflowTrialCallback(Callback):
 
     @staticmethod
     def _run_status(status: str) -> str:
-        return "FAILED" if status in ("failed", "diverged") else "FINISHED"
+        return MLFLOW_STATUS.get(status, MLFLOW_STATUS[FAILED])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)

@@ -51,9 +51,17 @@ def make_trainable(base_trial: dict, resources: dict, storage_path: str):
         from ray.train.torch import TorchConfig, TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        from trainables.failures import deterministic_kind, failure_report
         from trainables.ray_worker import train_in_trial_process, train_worker
 
-        config = trial_config(base_trial, suggestion)
+        try:
+            config = trial_config(base_trial, suggestion)
+        except Exception as err:  # a suggestion the trial config rejects fails the same way on every retry
+            kind = deterministic_kind(err)
+            if kind is None:
+                raise
+            tune.report(failure_report(err, kind))
+            return
         use_gpu = resources["gpus_per_worker"] > 0
         in_process = trains_in_trial_process(resources)
         per_worker = {"CPU": resources["cpus_per_worker"]}

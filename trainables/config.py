@@ -23,7 +23,8 @@ DEFAULT_LOSS_SIGMAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 2.
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or NaN anywhere: `total_kimg: 1e400` is YAML for infinity, and no key means anything at infinity.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(StrictModel):
@@ -139,6 +140,7 @@ class TrialConfig(StrictModel):
 
     def resolved_model(self) -> dict[str, Any]:
         """Preset merged with explicit overrides; an unknown preset names the known ones."""
+    skip_unreadable: bool = False  # image_folder: skip files that do not decode (one warning with the count); off: refuse
         from trainables.networks import MODEL_PRESETS
 
         name = self.model.preset or DEFAULT_PRESETS[self.dataset]

@@ -8,6 +8,7 @@ subset lies inside the 36-image subset: regimes differ only in size.
 from __future__ import annotations
 
 import os
+import warnings
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -115,8 +116,11 @@ def load_mnist5k() -> ImageDataset:
     return _split_dataset("mnist5k", images, labels, test_fraction=0.2)
 
 
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
 def _cifar_batches(path: Path) -> dict[str, dict]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    names = CIFAR10_BATCHES
     if path.is_file():
         with tarfile.open(path, "r:gz") as archive:
             members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
@@ -144,14 +148,8 @@ def _cifar_candidates(path: str | None) -> list[Path]:
 
 def load_cifar10(path: str | None = None) -> ImageDataset:
     """CIFAR-10 from a local copy: the 50k training images as the pool, the 10k test images held out."""
-    candidates = _cifar_candidates(path)
-    found = next((c for c in candidates if c.exists()), None)
-    if found is None:
-        where = " or ".join(str(c) for c in candidates)
-        raise DatasetError(
-            f"CIFAR-10 not found at {where}. Download {CIFAR10_URL} (163 MB) and put it there, "
-            f"or set data_path to the archive or its extracted cifar-10-batches-py folder."
-        )
+    _cifar_present(path)
+    found = next(c for c in _cifar_candidates(path) if c.exists())
     batches = _cifar_batches(found)
 
     def stack(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -173,25 +171,59 @@ def load_cifar10(path: str | None = None) -> ImageDataset:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
-def load_image_folder(path: str | None, resolution: int | None) -> ImageDataset:
-    """Any folder of images (FFHQ, AFHQv2, ...), center-cropped and resized to `resolution`, 90/10 split."""
-    from PIL import Image
-
+def image_files(path: str | None) -> list[Path]:
+    """The image files of an `image_folder` dataset, sorted; a missing or sparse folder is a DatasetError."""
     if not path:
         raise DatasetError("dataset image_folder needs data_path: a folder of PNG/JPEG images")
     folder = Path(path).expanduser()
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise DatasetError(f"data_path {folder} is not a folder; point it at a folder of PNG/JPEG images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 10:
         raise DatasetError(f"{folder} holds {len(files)} images; put at least 10 PNG/JPEG images there (FFHQ, AFHQv2, ...)")
-    size = resolution or 64
-    images = []
-    for file in files:
+    return files
+
+
+class UnreadableImage(DatasetError):
+    """A file in an image folder that does not decode."""
+
+
+def _decode(file: Path, size: int) -> np.ndarray:
+    """One image as uint8 [3, size, size], center-cropped and resized (a no-op at its own square size)."""
+    from PIL import Image
+
+    try:
         with Image.open(file) as img:
             img = img.convert("RGB")
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-            images.append(np.asarray(img).transpose(2, 0, 1))
+            img = img.crop((left, top, left + side, top + side))
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.LANCZOS)
+            return np.asarray(img).transpose(2, 0, 1)
+    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+        raise UnreadableImage(f"{file} cannot be read as an image ({str(err).splitlines()[0][:120]})") from None
+
+
+def load_image_folder(path: str | None, resolution: int | None, skip_unreadable: bool = False) -> ImageDataset:
+    """Any folder of images (FFHQ, AFHQv2, ...), 90/10 split: center-cropped and resized to `resolution`, or,
+    without one, at their own size, which must then be one square size and mode for the whole folder.
+
+    An unreadable file is refused with one line naming it, or with `skip_unreadable` skipped and counted."""
+    size = dataset_shape("image_folder", path, resolution, skip_unreadable).resolution
+    files = image_files(path)
+    images, skipped = [], []
+    for file in files:
+        try:
+            images.append(_decode(file, size))
+        except UnreadableImage as err:
+            if not skip_unreadable:
+                raise DatasetError(f"{err}; remove it, or set skip_unreadable: true to skip such files") from None
+            skipped.append(file)
+    if skipped:
+        warnings.warn(f"image_folder: skipped {len(skipped)} unreadable file(s) of {len(files)}, e.g. {skipped[0]}", stacklevel=2)
+    if len(images) < 10:
+        raise DatasetError(f"{path} holds {len(images)} readable images; put at least 10 there")
     return _split_dataset("image_folder", np.stack(images), None, test_fraction=0.1)
 
 
@@ -208,7 +240,7 @@ def load_synthetic(resolution: int | None) -> ImageDataset:
     return _split_dataset("synthetic", images.numpy(), None, test_fraction=0.1)
 
 
-def load_dataset(name: str, path: str | None = None, resolution: int | None = None) -> ImageDataset:
+def load_dataset(name: str, path: str | None = None, resolution: int | None = None, skip_unreadable: bool = False) -> ImageDataset:
     """Load a dataset by name; unknown names and missing files raise DatasetError."""
     if name == "digits":
         return load_digits()
@@ -217,7 +249,7 @@ def load_dataset(name: str, path: str | None = None, resolution: int | None = No
     if name == "cifar10":
         return load_cifar10(path)
     if name == "image_folder":
-        return load_image_folder(path, resolution)
+        return load_image_folder(path, resolution, skip_unreadable)
     if name == "synthetic":
         return load_synthetic(resolution)
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -258,6 +290,69 @@ def _class_balanced_order(labels: torch.Tensor, generator: torch.Generator) -> t
         shuffled = members[torch.randperm(len(members), generator=generator)]
         deal_position[shuffled] = torch.arange(len(shuffled)) * len(classes) + seat
     return torch.argsort(deal_position)
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a network and a feature space need to know of a dataset, found without decoding its pixels."""
+
+    channels: int
+    resolution: int
+
+
+# The embedded and generated datasets: their shapes are fixed (mnist5k is padded 28 -> 32).
+FIXED_SHAPES = {"digits": DatasetShape(1, 8), "mnist5k": DatasetShape(1, 32), "cifar10": DatasetShape(3, 32)}
+
+
+def dataset_shape(name: str, path: str | None = None, resolution: int | None = None, skip_unreadable: bool = False) -> DatasetShape:
+    """The shape a trial will train at, after checking that the dataset is there: CIFAR-10's files, or an image
+    folder's count and every file's header (an unidentifiable file fails here, not inside a trial)."""
+    if name in FIXED_SHAPES:
+        if name == "cifar10":
+            _cifar_present(path)
+        return FIXED_SHAPES[name]
+    if name == "synthetic":
+        return DatasetShape(3, resolution or 32)
+    if name != "image_folder":
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    from PIL import Image
+
+    headers, unreadable = [], []
+    for file in image_files(path):
+        try:
+            with Image.open(file) as img:
+                headers.append((file, img.size, img.mode))
+        except (OSError, ValueError) as err:
+            if not skip_unreadable:
+                raise DatasetError(f"{file} cannot be read as an image ({str(err).splitlines()[0][:120]}); remove it, "
+                                   "or set skip_unreadable: true to skip such files") from None
+            unreadable.append(file)
+    if len(headers) < 10:
+        raise DatasetError(f"{path} holds {len(headers)} readable images; put at least 10 there")
+    if resolution is None:
+        first, size, mode = headers[0]
+        for file, other_size, other_mode in headers[1:]:
+            if (other_size, other_mode) != (size, mode):
+                raise DatasetError(f"{file} is {other_size[0]}x{other_size[1]} {other_mode}, {first} is {size[0]}x{size[1]} "
+                                   f"{mode}; set `resolution` to crop and resize all")
+        if size[0] != size[1]:
+            raise DatasetError(f"{first} is {size[0]}x{size[1]}, not square; set `resolution` to center-crop")
+        resolution = size[0]
+    return DatasetShape(3, resolution)
+
+
+def _cifar_present(path: str | None) -> None:
+    """CIFAR-10's archive, or its extracted batches, where the loader will look (the files, not their contents)."""
+    candidates = _cifar_candidates(path)
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise DatasetError(f"CIFAR-10 not found at {' or '.join(str(c) for c in candidates)}. Download {CIFAR10_URL} "
+                           "(163 MB) and put it there, or set data_path to the archive or its extracted cifar-10-batches-py folder.")
+    if found.is_dir():
+        folder = found / "cifar-10-batches-py" if (found / "cifar-10-batches-py").is_dir() else found
+        missing = [n for n in CIFAR10_BATCHES if not (folder / n).is_file()]
+        if missing:
+            raise DatasetError(f"{folder} lacks CIFAR-10 batches {missing}; download {CIFAR10_URL} and extract it there")
 
 
 def pool_size(name: str, path: str | None = None) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from trainables.config import TrialConfig
-from trainables.loop import TrainingDiverged, run_trial
+from trainables.failures import deterministic_kind, failure_report
+from trainables.loop import run_trial
 from trainables.session import RayTrainSession, TuneTrialSession
 
 
@@ -18,9 +19,13 @@ def train_in_trial_process(config: dict) -> None:
 
 
 def _run(config: dict, session: RayTrainSession) -> None:
-    """Run the worker loop; a diverged run reports `diverged` once and ends cleanly (no retry of a NaN)."""
-    trial = TrialConfig.model_validate(config)
+    """Run the worker loop. A deterministic error (bad config or data, a NaN loss, a bug) is reported once and
+    ends the trial cleanly, so it is not retried; anything else (a fault) propagates and is retried."""
     try:
-        run_trial(trial, session, log=lambda line: print(line, flush=True) if session.rank == 0 else None)
-    except TrainingDiverged as err:
-        session.report({"kimg": getattr(err, "kimg", 0.0), "diverged": 1.0, "error": str(err)}, None)
+        run_trial(TrialConfig.model_validate(config), session,
+                  log=lambda line: print(line, flush=True) if session.rank == 0 else None)
+    except Exception as err:
+        kind = deterministic_kind(err)
+        if kind is None:
+            raise
+        session.report(failure_report(err, kind), None)
