@@ -157,6 +157,9 @@ class MlflowTrialCallback(Callback):
         self.failed_calls = 0
         self._client = None
         self.logged_steps: dict[str, set[int]] = {}  # per trial, the eval points MLflow already holds (on resume)
+        self._replay_records()
+
+    def _replay_records(self) -> None:
         for trial_id, record in self.runs.items():
             self._queue_replay(trial_id, record)
 
@@ -166,9 +169,10 @@ class MlflowTrialCallback(Callback):
         does not hold and the final status. Nothing MLflow holds is logged again."""
         if record.get("closed"):
             return
-        logged, terminated = self._logged(record)
+        logged, terminated, params_logged = self._logged(record)
         if record.get("run_id") is None:
             self.pending.append((trial_id, "find_or_create_run", ()))
+        if not params_logged:  # logging a param again with the same value is allowed: no harm if some made it
             for batch in _param_batches(record["params"]):
                 self.pending.append((trial_id, "log_batch", ([], batch, [])))
         self.logged_steps[trial_id] = logged | {nimg_step(p.get("kimg", 0.0)) for p in record["history"]}
@@ -180,14 +184,15 @@ class MlflowTrialCallback(Callback):
             self.pending.append((trial_id, "log_batch", self._closing_batch(record)))
             self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
 
-    def _logged(self, record: dict) -> tuple[set[int], bool]:
-        """The kimg steps MLflow holds for the record's run, and whether the run is closed; for a run not yet
-        made, or a server still down, nothing (what is replayed then is everything the records hold)."""
+    def _logged(self, record: dict) -> tuple[set[int], bool, bool]:
+        """What MLflow holds of the record's run: its kimg steps, whether it is closed, whether all params are
+        there. For a run not yet made (or made by a driver killed before it saved the id), nothing."""
         if record.get("run_id") is None:
-            return set(), False
+            return set(), False, False
         try:
             steps = {m.step for m in self.client.get_metric_history(record["run_id"], "kimg")}
-            return steps, self.client.get_run(record["run_id"]).info.status != "RUNNING"
+            run = self.client.get_run(record["run_id"])
+            return steps, run.info.status != "RUNNING", len(run.data.params) >= len(record["params"])
         except Exception as err:  # guessing would either lose points or log them twice
             raise TrackingError(f"MLflow at {self.uri} did not answer while the study resumed ({str(err).splitlines()[0][:200]}); "
                                 "run --resume again once it is reachable: every metric is kept in the records file") from None
@@ -198,10 +203,13 @@ class MlflowTrialCallback(Callback):
         return state
 
     def __setstate__(self, state):
-        """Tune pickles callbacks with its experiment state; on restore the records on disk are the truth."""
+        """Tune pickles callbacks with its experiment state and restores those on `--resume`, not the new ones:
+        the records on disk are the truth, and what MLflow lacks of them is replayed (the pickled queue is stale)."""
         self.__dict__.update(state)
         if self.state_file.exists():
             self.runs = json.loads(self.state_file.read_text())
+        self.pending, self.logged_steps = [], {}
+        self._replay_records()
 
     @property
     def client(self) -> MlflowClient:

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.runner import run_study
-from tests.conftest import ROOT, TINY_TRIAL, free_port
+from tests.conftest import ROOT, TINY_TRIAL, free_port, mlflow_server
 
 TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds", "eval_seconds"}
 
@@ -281,3 +281,131 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
     assert victim not in [w.pid for w in _live_actors(address, actor_class)]
 
+
+
+# ---------------------------------------------------------------- a start that fails before any trial runs
+
+
+@pytest.mark.slow
+def test_a_study_that_never_launched_a_trial_is_not_held(ray_session, tmp_path):
+    """Ray is up but no node fits a worker: the study fails before its first trial, leaves no study_state.json
+    behind (the same command simply starts again, without --resume), and closes its parent run as FAILED."""
+    from study.plan import PlanError
+
+    address = ray_session.get_runtime_context().gcs_address
+    config = load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=unfit", f"output={tmp_path / 'study'}", "regimes=[1.0]", "search.metric=test_loss",
+        "search.max_memorization=null", "resources.cpus_per_worker=64"])
+    for _ in range(2):  # the second attempt fails the same way, not with "already holds study"
+        with pytest.raises(PlanError, match="no node fits one worker"):
+            run_study(config, address=address, log=lambda *_: None)
+        assert not (tmp_path / "study" / "study_state.json").exists()
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    parents = client.search_runs([client.get_experiment_by_name("unfit").experiment_id])
+    assert [r.info.status for r in parents] == ["FAILED", "FAILED"]
+
+
+# ---------------------------------------------------------------- a foreign Ray cluster on this machine
+
+
+@pytest.mark.slow
+def test_without_address_a_study_starts_its_own_ray_beside_a_running_cluster(tmp_path):
+    """`ray start --head` (a user's own cluster) is running: `python study/run.py` with no --address starts a
+    private local Ray (address="local") instead of joining it, and finishes; the foreign cluster is untouched."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    foreign = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                                "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                               stdout=(tmp_path / "foreign.log").open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in (tmp_path / "foreign.log").read_text():
+            assert foreign.poll() is None and time.time() < deadline, (tmp_path / "foreign.log").read_text()[-2000:]
+            time.sleep(0.2)  # polling the foreign head's log until it is up, not a fixed wait
+        output = tmp_path / "study"
+        sets = [f"trial.{s}" for s in TINY_TRIAL] + [
+            "name=beside", "regimes=[1.0]", "search.trials_per_regime=1", "search.metric=test_loss",
+            "search.max_memorization=null", "scheduler.kind=none", "confirm.seeds=0", "resources.num_cpus=1"]
+        result = subprocess.run([sys.executable, "study/run.py", "--output", str(output), *sum((["--set", s] for s in sets), [])],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "starting a local Ray with 1 CPUs (a Ray cluster already running here is not joined" in result.stdout
+        assert result.stdout.strip().splitlines()[-1] == "all 1 trials ran"
+        assert foreign.poll() is None  # still up, and it ran nothing of ours
+        status = subprocess.run([str(ray_bin), "list", "jobs", f"--address=http://127.0.0.1:{port}"], capture_output=True,
+                                text=True, timeout=60, env=env)
+        assert "beside" not in status.stdout
+    finally:
+        os.killpg(foreign.pid, signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
+        try:
+            foreign.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(foreign.pid, signal.SIGKILL)
+            foreign.wait()
+
+
+# ---------------------------------------------------------------- the driver killed during a tracking outage
+
+
+@pytest.mark.slow
+def test_driver_killed_during_a_tracking_outage_then_resumed_leaves_mlflow_complete(ray_session, tmp_path):
+    """A real study tracks to a real `mlflow server`. The server goes down mid-trial, the driver queues its calls
+    and is then SIGKILLed (no handler runs). The server comes back and `--resume` finishes the study: every run,
+    param and kimg step is in MLflow once, as in an uninterrupted run."""
+    address = ray_session.get_runtime_context().gcs_address
+    backend, artifacts, port = tmp_path / "server.db", tmp_path / "artifacts", free_port()
+    url = f"http://127.0.0.1:{port}"
+    output = tmp_path / "study"
+    every, total = 0.128, 1.536
+    sets = [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=killed-driver", f"tracking.uri={url}", "regimes=[1.0]", "search.trials_per_regime=2",
+        "search.metric=test_loss", "search.max_memorization=null", "scheduler.kind=none", "confirm.seeds=0",
+        f"trial.train.total_kimg={total}", f"trial.eval.every_kimg={every}", "resources.max_concurrent=2"]
+    command = [sys.executable, "study/run.py", "--address", address, "--output", str(output), *sum((["--set", s] for s in sets), [])]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+    def points() -> int:
+        return sum(len(r.get("history", [])) for r in _records(output).values())
+
+    with mlflow_server(backend, artifacts, port, tmp_path / "server.log"):
+        driver = subprocess.Popen(command, cwd=ROOT, stdout=(tmp_path / "first.log").open("w"), stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 240
+            while points() < 2:
+                assert driver.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.1)
+        except BaseException:
+            driver.kill()
+            raise
+    # The server is down (its process group stopped): the driver queues what it cannot log, then dies.
+    try:
+        logged_before_outage = points()
+        deadline = time.time() + 240
+        while points() < logged_before_outage + 3:
+            assert driver.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+
+    with mlflow_server(backend, artifacts, port, tmp_path / "server.log"):
+        resumed = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+        client = MlflowClient(tracking_uri=url)
+        experiment = client.get_experiment_by_name("killed-driver").experiment_id
+        children = client.search_runs([experiment], "tags.phase = 'search'")
+        records = {**_records(output)}
+        rows = pq.read_table(output / "results.parquet").to_pylist()
+        assert sorted(r["status"] for r in rows) == ["completed", "completed"], rows
+        # One run per trial that ran; none twice.
+        assert sorted(r.data.tags["trial_id"] for r in children) == sorted(r["trial_id"] for r in rows)
+        axis = [round(every * k * 1000) for k in range(1, round(total / every) + 1)]
+        for run in children:
+            assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+            assert run.data.params["train.total_kimg"] == str(total) and "seed" in run.data.params
+            for metric in ("kimg", "train_loss", "test_loss"):
+                assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == axis, (metric, run.data.tags)
+            assert records[run.data.tags["trial_id"]]["run_id"] == run.info.run_id
