@@ -16,6 +16,7 @@ from trainables.checkpoint import CheckpointError
 from trainables.config import ConfigError, load_trial_config
 from trainables.data import DatasetError
 from trainables.loop import TrainingDiverged, run_trial
+from trainables.preflight import check_trial
 from trainables.session import LocalSession
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_trial_config(args.config, args.overrides)
+        check_trial(config)
         output = Path(args.output)
         if not args.resume and output.exists() and any(output.iterdir()):
             raise ConfigError(f"--output {output} is not empty; pass --resume to continue it or choose a new folder")
