@@ -9,16 +9,6 @@ from __future__ import annotations
 from search_spaces.transform_sets import TRANSFORM_SETS
 
 
-def baseline_params(base_dropout: float) -> dict:
-    """The Optuna params of the plain-EDM baseline: no ScoreAug, no clean-data augmentation."""
-    return {"score_augment.p": 0.0, "model.dropout": base_dropout, "clean_augment.enabled": False}
-
-
-def baseline_overrides(base_dropout: float) -> dict:
-    """The trial config overrides of the plain-EDM baseline (what `baseline_params` mean as config)."""
-    return {"score_augment.p": 0.0, "clean_augment.p": 0.0, "model.dropout": base_dropout}
-
-
 def _transform_set(trial, prefix: str) -> list[str]:
     """A named set, or per-transform on/off switches with each strength searched only when it is on."""
     name = trial.suggest_categorical(f"{prefix}.transform_set", [*TRANSFORM_SETS, "custom"])

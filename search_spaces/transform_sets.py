@@ -1,5 +1,7 @@
 """Named transform sets a search can pick from."""
 
+from trainables.config import ALL_TRANSFORMS
+
 TRANSFORM_SETS: dict[str, list[str]] = {
     "flips": ["hflip", "vflip"],
     "rot90": ["rot90"],
@@ -7,5 +9,5 @@ TRANSFORM_SETS: dict[str, list[str]] = {
     "geometric": ["hflip", "vflip", "rot90", "translate"],
     "color": ["brightness"],
     "cutout": ["cutout"],
-    "all": ["hflip", "vflip", "rot90", "translate", "brightness", "cutout"],
+    "all": list(ALL_TRANSFORMS),
 }

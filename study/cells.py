@@ -22,11 +22,18 @@ class Cell:
     images: int  # the training-set size this cell trains on
     capacity: str = ""  # "model_channels=32", or "" without a capacity axis
     fixed: dict[str, Any] = field(default_factory=dict)  # the capacity's trial overrides
+    base_trial: dict | None = field(default=None, compare=False, repr=False)  # the study's `trial:`, as a dict
 
     def suggestion(self, **fields) -> dict:
-        """What Tune hands the trainable (and the tracker records) for one trial of this cell."""
-        return {"regime": self.name, "regime_fraction": self.regime_fraction, "regime_images": self.regime_images,
-                "images": self.images, "capacity": self.capacity, "fixed": dict(self.fixed), **fields}
+        """What Tune hands the trainable (and the tracker records) for one trial of this cell, with the trial config
+        resolved and validated here, on the driver, once (`trial`), or the reason it is not valid (`invalid`)."""
+        suggestion = {"regime": self.name, "regime_fraction": self.regime_fraction, "regime_images": self.regime_images,
+                      "images": self.images, "capacity": self.capacity, "fixed": dict(self.fixed), **fields}
+        if self.base_trial is not None:
+            from study.trial import resolve_trial
+
+            suggestion.update(resolve_trial(self.base_trial, suggestion))
+        return suggestion
 
 
 def _regimes(config: StudyConfig, pool: int) -> list[tuple[str, float, int | None, int]]:
@@ -40,9 +47,10 @@ def study_cells(config: StudyConfig) -> list[Cell]:
     """Every cell of the study, capacity-major, sizes ascending; raises DatasetError for a size the pool lacks."""
     pool = pool_size(config.trial.dataset, config.trial.data_path)
     regimes = _regimes(config, pool)
+    base = config.trial.model_dump()
     if not config.capacities:
-        return [Cell(name, fraction, asked, images) for name, fraction, asked, images in regimes]
+        return [Cell(name, fraction, asked, images, base_trial=base) for name, fraction, asked, images in regimes]
     (key, values), = config.capacities.items()
     leaf = key.rsplit(".", 1)[-1]
-    return [Cell(f"{name}-{leaf}{value}", fraction, asked, images, f"{leaf}={value}", {key: value})
+    return [Cell(f"{name}-{leaf}{value}", fraction, asked, images, f"{leaf}={value}", {key: value}, base)
             for value in values for name, fraction, asked, images in regimes]

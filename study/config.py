@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from study.contract import OBJECTIVES, SCHEDULER_METRICS
 from trainables.config import (ConfigError, StrictModel, TrialConfig, apply_overrides, describe_validation_error, load_yaml,
                                validate)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 # What a search can optimise: every one is reported by the worker or derived from a trial's curve on the driver.
-Objective = Literal["fid", "fid_test", "test_loss", "loss_gap", "memorization", "memorization_max"]
+Objective = Literal[OBJECTIVES]
 
 
 class SearchConfig(StrictModel):
@@ -37,7 +38,7 @@ class SearchConfig(StrictModel):
 
 class SchedulerConfig(StrictModel):
     kind: Literal["asha", "none"] = "asha"
-    metric: Literal["fid", "fid_test", "test_loss", "loss_gap"] = "test_loss"  # must be reported at every eval point
+    metric: Literal[SCHEDULER_METRICS] = "test_loss"  # must be reported at every eval point
     grace_kimg: float = Field(5.0, gt=0)
     reduction_factor: float = Field(2.0, gt=1)
 

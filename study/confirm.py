@@ -12,11 +12,11 @@ import pickle
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from search_spaces.spaces import baseline_overrides
 from study.cells import Cell
 from study.config import ConfirmConfig, SearchConfig
 from study.scaling import non_dominated
-from study.searcher import BASELINE, load_regime_study, study_name
+from study.contract import BASELINE, BEST, baseline_overrides, study_name
+from study.searcher import load_regime_study
 
 
 def _violation(trial: FrozenTrial) -> float:
@@ -60,7 +60,7 @@ def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: 
             notes.append(f"{cell.name}: {note}")
         if best is None:
             continue
-        for role, overrides, source in (("best", best.user_attrs["overrides"], best.number),
+        for role, overrides, source in ((BEST, best.user_attrs["overrides"], best.number),
                                         (BASELINE, baseline_overrides(base_dropout), None)):
             for k in range(confirm.seeds):
                 suggestions.append(cell.suggestion(role=role, optuna_study=name, optuna_trial=source, overrides=overrides,

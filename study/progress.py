@@ -7,7 +7,7 @@ import time
 
 from ray.tune import Callback
 
-from study.status import DIVERGED, EARLY_STOPPED, FAILED, trial_status
+from study.contract import DIVERGED, EARLY_STOPPED, FAILED, trial_status
 
 
 class ProgressCallback(Callback):

@@ -15,15 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.config import StudyConfig
+from study.contract import COMPARED_METRICS, PHASES, REPORTED_METRICS
 from study.scaling import curve_statistics
-from study.tracking import load_records
+from study.seed_stats import format_spread, mean_and_spread, regimes_in_order
+from study.ledger import load_records
 
-FINAL_METRICS = ("fid", "fid_test", "loss_gap", "train_loss", "test_loss", "memorization", "leakage", "fid_floor", "img_per_sec")
-SUMMARY_METRICS = ("fid", "fid_test", "loss_gap", "memorization", "leakage")
+# A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
+FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_seconds"))
 
 
 def _records(output: Path) -> list[dict]:
-    return [{"trial_id": trial_id, **record} for phase in ("search", "confirm", "ablation")
+    return [{"trial_id": trial_id, **record} for phase in PHASES
             for trial_id, record in load_records(output, phase).items()]
 
 
@@ -102,7 +104,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         for role in ("best", "baseline"):
             group = [r for r in mine if r["role"] == role]
             entry[f"{role}_seeds"] = len(group)
-            for metric in SUMMARY_METRICS:
+            for metric in COMPARED_METRICS:
                 entry[f"{role}_{metric}_mean"], entry[f"{role}_{metric}_std"] = mean_and_spread(
                     [r[metric] for r in group if r[metric] is not None])
         floors = [r["fid_floor"] for r in mine if r["fid_floor"] is not None]
@@ -120,26 +122,6 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry["fid_difference_exceeds_spread"] = None
         out.append(entry)
     return out
-
-
-def regimes_in_order(rows: list[dict]) -> list[str]:
-    """The cells of the rows, capacity-major, smallest training set first."""
-    first = {}
-    for row in rows:
-        first.setdefault(row["regime"], (row.get("capacity") or "", row["images_in_regime"]))
-    return sorted(first, key=first.get)
-
-
-def mean_and_spread(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (None where there are too few values)."""
-    array = np.array(values, dtype=float)
-    return (float(array.mean()) if array.size else None, float(array.std(ddof=1)) if array.size > 1 else None)
-
-
-def format_spread(mean, std) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
 
 
 def summary_markdown(summary: list[dict], notes: list[str]) -> str:
@@ -241,7 +223,8 @@ def param_importances(config: StudyConfig, output: Path, regimes: list[str]) -> 
     With a handful of trials per regime these are rough; a regime with too few finished trials is left out."""
     import optuna
 
-    from study.searcher import optuna_storage, study_name
+    from study.contract import study_name
+    from study.searcher import optuna_storage
 
     storage = optuna_storage(f"sqlite:///{output / 'optuna.db'}")
     found = {}
@@ -303,7 +286,7 @@ def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Pat
 
 def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str,
                            log=print) -> list[Path]:
-    from study.ablation import arms_markdown, arms_plot, summarize_arms
+    from study.ablation_report import arms_markdown, arms_plot, summarize_arms
 
     summary = summarize_arms(config, rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")

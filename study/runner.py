@@ -9,17 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray.tune.search import Searcher
+
 from study.config import StudyConfig
+from trainables.files import write_text_atomic
 from study.ablation import ablation_suggestions
 from study.confirm import FixedSearcher, confirmation_suggestions
 from study.plan import Node, describe, make_plan
 from study.preflight import check_study
 from study.progress import ProgressCallback
-from study.status import FailureSummary, summarize_failures
+from study.contract import PHASES, FailureSummary, summarize_failures
 from study.searcher import RegimeSearcher
-from study.tracking import MlflowTrialCallback, connect, load_records, log_parent_metrics, records_file, start_parent_run
+from study.ledger import load_records, records_file
+from study.tracking import MlflowTrialCallback, connect, log_parent_metrics, start_parent_run
 from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
 
 STATE_FILE = "study_state.json"
@@ -53,9 +59,7 @@ def _load_state(output: Path, config: StudyConfig, resume: bool) -> dict:
 
 
 def _save_state(output: Path, state: dict) -> None:
-    tmp = output / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, output / STATE_FILE)
+    write_text_atomic(output / STATE_FILE, json.dumps(state, indent=1))
 
 
 def _git_commit() -> str:
@@ -126,11 +130,50 @@ def _tuner(config, trainable, searcher, scheduler, callbacks, name, num_samples,
     )
 
 
-def _finish(output: Path, phase: str, expected: int) -> None:
-    """Tune returns normally after a SIGINT (its state saved). Every trial that really ended has a status in the
-    tracking records; fewer than expected means the phase was interrupted and must not be taken as done."""
-    if sum("status" in r for r in load_records(output, phase).values()) < expected:
-        raise KeyboardInterrupt
+class PhaseInterrupted(Exception):
+    """Tune returned before every trial of the phase ended (a SIGINT: Tune saves its state and returns)."""
+
+
+def _check_phase_ended(output: Path, phase: str, expected: int) -> None:
+    """Every trial that really ended has a status in the ledger; fewer than expected means the phase was
+    interrupted and must not be taken as done."""
+    ended = sum("status" in r for r in load_records(output, phase).values())
+    if ended < expected:
+        raise PhaseInterrupted(f"{phase}: {ended} of {expected} trials ended")
+
+
+@dataclass
+class Phase:
+    """What Tune needs to run one phase, and the phase that follows it."""
+
+    name: str
+    searcher: Searcher
+    trials: int
+    next: str
+    scheduler: object = None
+    notes: list[str] = field(default_factory=list)
+    after: Callable[[], object] | None = None  # once every trial ended
+
+
+def ablation_phase(config: StudyConfig, cells, storage_url: str) -> Phase:
+    suggestions = ablation_suggestions(config, cells)
+    return Phase("ablation", FixedSearcher(suggestions), len(suggestions), "report")
+
+
+def search_phase(config: StudyConfig, cells, storage_url: str) -> Phase:
+    searcher = RegimeSearcher(cells, config.search, storage_url, config.name, config.trial.resolved_model()["dropout"],
+                              config.trial.train.total_kimg)
+    return Phase("search", searcher, len(cells) * config.search.trials_per_regime, "confirm", early_stopping(config),
+                 after=searcher.close_orphans)
+
+
+def confirm_phase(config: StudyConfig, cells, storage_url: str) -> Phase:
+    suggestions, notes = confirmation_suggestions(cells, storage_url, config.name, config.confirm, config.search,
+                                                  config.trial.resolved_model()["dropout"])
+    return Phase("confirm", FixedSearcher(suggestions), len(suggestions), "report", notes=notes)
+
+
+PHASE_BUILDERS = {"ablation": ablation_phase, "search": search_phase, "confirm": confirm_phase}
 
 
 def early_stopping(config: StudyConfig):
@@ -213,42 +256,31 @@ def _run_phases(config, output, state, client, experiment_id, address, remote, r
             plan = make_plan(config, cluster_nodes())
         base_trial = config.trial.model_dump()
         trainable = make_trainable(base_trial, config.resources.model_dump(), config.tune_storage)
-        storage_url = f"sqlite:///{output / 'optuna.db'}"
-        base_dropout = config.trial.resolved_model()["dropout"]
         total_kimg = config.trial.train.total_kimg
 
         def tracker(phase: str) -> MlflowTrialCallback:
             return MlflowTrialCallback(config.tracking_uri, experiment_id, state["parent_run_id"], records_file(output, phase),
                                        phase, total_kimg, base_trial, config.scaling.onset_threshold, output / "samples")
 
-        def run_phase(phase: str, searcher, scheduler, trials: int, next_phase: str) -> None:
-            if trials:
-                state["launched"] = True
-                _save_state(output, state)
-                callbacks = [tracker(phase), ProgressCallback(phase, trials, config.search.objective_names[0], total_kimg,
-                                                              config.search.mode)]
-                _tuner(config, trainable, searcher, scheduler, callbacks, phase, trials, plan.concurrency, resume).fit()
-                _finish(output, phase, trials)
-            state["phase"] = next_phase
-            _save_state(output, state)
-
         if config.ablation and state["phase"] == "search":
             state["phase"] = "ablation"
-        if state["phase"] == "ablation":
-            suggestions = ablation_suggestions(config, plan.cells)
-            run_phase("ablation", FixedSearcher(suggestions), None, len(suggestions), "report")
-        if state["phase"] == "search":
-            searcher = RegimeSearcher(plan.cells, config.search, storage_url, config.name, base_dropout, total_kimg)
-            run_phase("search", searcher, early_stopping(config), len(plan.cells) * config.search.trials_per_regime, "confirm")
-            searcher.close_orphans()
-        if state["phase"] == "confirm":
-            suggestions, notes = confirmation_suggestions(plan.cells, storage_url, config.name, config.confirm,
-                                                          config.search, base_dropout)
-            for note in notes:
+        while state["phase"] in PHASE_BUILDERS:
+            phase = PHASE_BUILDERS[state["phase"]](config, plan.cells, f"sqlite:///{output / 'optuna.db'}")
+            for note in phase.notes:
                 log(note)
-            run_phase("confirm", FixedSearcher(suggestions), None, len(suggestions), "report")
+            if phase.trials:
+                state["launched"] = True
+                _save_state(output, state)
+                progress = ProgressCallback(phase.name, phase.trials, config.search.objective_names[0], total_kimg, config.search.mode)
+                _tuner(config, trainable, phase.searcher, phase.scheduler, [tracker(phase.name), progress], phase.name,
+                       phase.trials, plan.concurrency, resume).fit()
+                _check_phase_ended(output, phase.name, phase.trials)
+            if phase.after:
+                phase.after()
+            state["phase"] = phase.next
+            _save_state(output, state)
 
-        for phase in ("ablation", "search", "confirm"):  # runs that an outage kept from being created, from the records
+        for phase in PHASES:  # runs that an outage kept from being created, from the ledger
             if records_file(output, phase).exists():
                 tracker(phase).on_experiment_end([])
     finally:
@@ -258,7 +290,7 @@ def _run_phases(config, output, state, client, experiment_id, address, remote, r
 
 def study_failures(output: Path) -> FailureSummary:
     """Every ended trial of every phase, and the failed ones grouped by reason."""
-    return summarize_failures([r for phase in ("ablation", "search", "confirm") for r in load_records(output, phase).values()])
+    return summarize_failures([r for phase in PHASES for r in load_records(output, phase).values()])
 
 
 def _yaml(config: StudyConfig) -> str:

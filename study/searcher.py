@@ -16,23 +16,16 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search_spaces.spaces import baseline_overrides, baseline_params, get_space
+from search_spaces.spaces import get_space
 from study.cells import Cell
-from study.status import OPTUNA_STATE, trial_status
+from study.contract import BASELINE, OPTUNA_STATE, SEARCHED, baseline_overrides, baseline_params, study_name, trial_status
 from study.config import SearchConfig
 
-BASELINE = "baseline"
-SEARCH = "search"
 MEMORIZATION_CONSTRAINT = "memorization_max"
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
-
-
-def study_name(prefix: str, cell: str) -> str:
-    """The Optuna study of one cell: the study's name and the cell's."""
-    return f"{prefix}-{cell}"
 
 
 def open_regime_study(storage_url: str, name: str, seed: int, directions: list[str]) -> optuna.Study:
@@ -107,7 +100,7 @@ class RegimeSearcher(Searcher):
             return Searcher.FINISHED
         study = self.study(cell)
         trial = study.ask()
-        role = trial.user_attrs.get("role", SEARCH)
+        role = trial.user_attrs.get("role", SEARCHED)
         overrides = get_space(self.search.space)(trial)
         if role == BASELINE:
             overrides = baseline_overrides(self.base_dropout)

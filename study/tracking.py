@@ -3,7 +3,7 @@
 All trial logging happens in the driver, in a Tune callback: code after `trainer.fit()` never runs
 for a trial that Tune stops early, but callbacks always do. Calls that fail (a tracking outage),
 run creation included, are queued in order, retried on the next event and at the end of each phase,
-and counted, never silently dropped; every metric is also kept in the phase's records file.
+and counted, never silently dropped; every metric is also kept in the phase's ledger (study/ledger.py).
 """
 
 from __future__ import annotations
@@ -17,34 +17,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from study.scaling import curve_statistics
-from study.status import FAILED, FAILURE_KEYS, MLFLOW_STATUS, trial_status
-from trainables.config import flatten
+from study.contract import CURVE_METRICS, FAILED, MLFLOW_STATUS, REPORTED_METRICS
+from study.ledger import Ledger, nimg_step
+from trainables.config import ConfigError, flatten
 
-CONTRACT_METRICS = ("kimg", "train_loss", "test_loss", "loss_gap", "fid", "fid_test", "leakage", "memorization", "img_per_sec")
-SUMMARY_METRICS = ("fid_floor", "eval_seconds")
-# Per-trial statistics of the whole curve, logged once when the trial ends (study/scaling.py computes them).
-CURVE_METRICS = ("memorization_max", "memorization_onset_kimg", "best_fid", "best_fid_kimg", "best_fid_test",
-                 "best_fid_test_kimg", "test_loss_min_kimg")
 
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be reached at study start."""
-
-
-def records_file(output: Path, phase: str) -> Path:
-    """Where the driver keeps one record per trial of a phase (run id, status, metric history)."""
-    return output / f"mlflow_runs_{phase}.json"
-
-
-def load_records(output: Path, phase: str) -> dict[str, dict]:
-    path = records_file(output, phase)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def nimg_step(kimg: float) -> int:
-    """MLflow steps are integers: the kimg axis in images (kimg x 1000)."""
-    return int(round(kimg * 1000))
 
 
 def _check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -112,7 +92,7 @@ def _param_value(value) -> str:
     return text[:6000]
 
 
-def _metrics(values: dict, step: int, names: tuple[str, ...] = CONTRACT_METRICS + SUMMARY_METRICS) -> list[Metric]:
+def _metrics(values: dict, step: int, names: tuple[str, ...] = REPORTED_METRICS) -> list[Metric]:
     """The named metrics among a trial's values (by default the contract's, reported at eval points), at one kimg step."""
     now = int(time.time() * 1000)
     return [Metric(k, float(values[k]), now, step) for k in names if isinstance(values.get(k), (int, float))]
@@ -138,28 +118,84 @@ def _checkpoint_location(trial, result: dict):
     return None
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What an outage raises: MLflow's own errors (the server answered 5xx, or the client gave up), and the
+    connection errors beneath. Anything else is a bug and propagates."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, requests.exceptions.RequestException, OSError
+
+
+class CallQueue:
+    """Client calls in order, one per trial event; what fails during an outage waits, in order, for the next try."""
+
+    def __init__(self, attempt):
+        self.attempt = attempt  # (key, method name, args) -> None; raises on failure
+        self.pending: list[tuple[str, str, tuple]] = []
+        self.failed_calls = 0
+
+    def call(self, key: str, name: str, *args) -> None:
+        """Make the call now, or queue it behind earlier failures (so a run's calls keep their order)."""
+        self.flush()
+        if self.pending:
+            self.pending.append((key, name, args))
+        elif not self._try(key, name, args):
+            self.failed_calls += 1
+            self.pending.append((key, name, args))
+
+    def queue(self, key: str, name: str, *args) -> None:
+        self.pending.append((key, name, args))
+
+    def flush(self) -> None:
+        while self.pending and self._try(*self.pending[0]):
+            self.pending.pop(0)
+
+    def _try(self, key: str, name: str, args: tuple) -> bool:
+        try:
+            self.attempt(key, name, args)
+            return True
+        except _transient_errors():
+            return False
+
+
 class MlflowTrialCallback(Callback):
-    """Creates, fills and closes one child run per Tune trial; reuses runs across `--resume`."""
+    """Creates, fills and closes one child run per Tune trial, from the ledger it keeps; reuses runs across `--resume`."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, state_file: Path, phase: str,
                  total_kimg: float, base_trial: dict, onset_threshold: float, samples_dir: Path):
         self.uri = uri
         self.onset_threshold = onset_threshold
-        self.samples_dir = Path(samples_dir)  # sample grids are kept here, beside the records, and logged from here
+        self.samples_dir = Path(samples_dir)  # sample grids are kept here, beside the ledger, and logged from here
         self.base_trial = base_trial
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.state_file = Path(state_file)
+        self.ledger = Ledger(state_file)
         self.phase = phase
         self.total_kimg = total_kimg
-        self.runs: dict[str, dict] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-        self.pending: list[tuple[str, str, tuple]] = []  # (trial id, client method, args), oldest first
-        self.failed_calls = 0
         self._client = None
-        self.logged_steps: dict[str, set[int]] = {}  # per trial, the eval points MLflow already holds (on resume)
-        self._replay_records()
+        self._start_queue()
 
-    def _replay_records(self) -> None:
+    @property
+    def state_file(self) -> Path:
+        return self.ledger.path
+
+    @property
+    def runs(self) -> dict[str, dict]:
+        return self.ledger.records
+
+    @property
+    def pending(self) -> list:
+        return self.queue.pending
+
+    @property
+    def failed_calls(self) -> int:
+        return self.queue.failed_calls
+
+    def _start_queue(self) -> None:
+        """A fresh queue, filled with what the ledger holds and MLflow lacks (nothing, for a new phase)."""
+        self.queue = CallQueue(self._attempt)
+        self.logged_steps: dict[str, set[int]] = {}  # per trial, the eval points MLflow already holds (on resume)
         for trial_id, record in self.runs.items():
             self._queue_replay(trial_id, record)
 
@@ -171,18 +207,18 @@ class MlflowTrialCallback(Callback):
             return
         logged, terminated, params_logged = self._logged(record)
         if record.get("run_id") is None:
-            self.pending.append((trial_id, "find_or_create_run", ()))
+            self.queue.queue(trial_id, "find_or_create_run")
         if not params_logged:  # logging a param again with the same value is allowed: no harm if some made it
             for batch in _param_batches(record["params"]):
-                self.pending.append((trial_id, "log_batch", ([], batch, [])))
+                self.queue.queue(trial_id, "log_batch", [], batch, [])
         self.logged_steps[trial_id] = logged | {nimg_step(p.get("kimg", 0.0)) for p in record["history"]}
         for point in record["history"]:
             step = nimg_step(point.get("kimg", 0.0))
             if step not in logged:
-                self.pending.append((trial_id, "log_batch", (_metrics(point, step), [], [])))
+                self.queue.queue(trial_id, "log_batch", _metrics(point, step), [], [])
         if record.get("status") and not terminated:
-            self.pending.append((trial_id, "log_batch", self._closing_batch(record)))
-            self.pending.append((trial_id, "set_terminated", (self._run_status(record["status"]),)))
+            self.queue.queue(trial_id, "log_batch", *self._closing_batch(record))
+            self.queue.queue(trial_id, "set_terminated", self._run_status(record["status"]))
 
     def _logged(self, record: dict) -> tuple[set[int], bool, bool]:
         """What MLflow holds of the record's run: its kimg steps, whether it is closed, whether all params are
@@ -193,9 +229,9 @@ class MlflowTrialCallback(Callback):
             steps = {m.step for m in self.client.get_metric_history(record["run_id"], "kimg")}
             run = self.client.get_run(record["run_id"])
             return steps, run.info.status != "RUNNING", len(run.data.params) >= len(record["params"])
-        except Exception as err:  # guessing would either lose points or log them twice
+        except _transient_errors() as err:  # guessing would either lose points or log them twice
             raise TrackingError(f"MLflow at {self.uri} did not answer while the study resumed ({str(err).splitlines()[0][:200]}); "
-                                "run --resume again once it is reachable: every metric is kept in the records file") from None
+                                "run --resume again once it is reachable: every metric is kept in the ledger") from None
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -204,12 +240,10 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state):
         """Tune pickles callbacks with its experiment state and restores those on `--resume`, not the new ones:
-        the records on disk are the truth, and what MLflow lacks of them is replayed (the pickled queue is stale)."""
+        the ledger on disk is the truth, and what MLflow lacks of it is replayed (the pickled queue is stale)."""
         self.__dict__.update(state)
-        if self.state_file.exists():
-            self.runs = json.loads(self.state_file.read_text())
-        self.pending, self.logged_steps = [], {}
-        self._replay_records()
+        self.ledger.reload()
+        self._start_queue()
 
     @property
     def client(self) -> MlflowClient:
@@ -217,47 +251,20 @@ class MlflowTrialCallback(Callback):
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
-    def _save_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.runs, indent=1))
-        tmp.replace(self.state_file)
-
-    def _call(self, trial_id: str, name: str, *args) -> bool:
-        """Make one client call for a trial's run, or queue it behind earlier failures, in order."""
-        self._flush()
-        if self.pending:
-            self.pending.append((trial_id, name, args))
-            return False
-        if self._try(trial_id, name, args):
-            return True
-        self.failed_calls += 1
-        self.pending.append((trial_id, name, args))
-        return False
-
-    def _try(self, trial_id: str, name: str, args: tuple) -> bool:
+    def _attempt(self, trial_id: str, name: str, args: tuple) -> None:
         record = self.runs[trial_id]
-        try:
-            if name in ("create_run", "find_or_create_run"):
-                # A killed driver may have made the run and died before saving its id: find it by its tags first.
-                found = self.client.search_runs([self.experiment_id], f"tags.trial_id = '{record['tags']['trial_id']}' and "
-                                                f"tags.phase = '{self.phase}'") if name == "find_or_create_run" else []
-                found = [r for r in found if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id]
-                run = found[0] if found else self.client.create_run(self.experiment_id, run_name=record["run_name"],
-                                                                    tags=record["tags"])
-                record["run_id"] = run.info.run_id
-                self._save_state()
-            else:
-                getattr(self.client, name)(record["run_id"], *args)
-                if name == "set_terminated":  # everything of this run is in MLflow: a resumed driver skips it
-                    record["closed"] = True
-                    self._save_state()
-            return True
-        except Exception:
-            return False
-
-    def _flush(self) -> None:
-        while self.pending and self._try(*self.pending[0]):
-            self.pending.pop(0)
+        if name in ("create_run", "find_or_create_run"):
+            # A killed driver may have made the run and died before saving its id: find it by its tags first.
+            found = self.client.search_runs([self.experiment_id], f"tags.trial_id = '{record['tags']['trial_id']}' and "
+                                            f"tags.phase = '{self.phase}'") if name == "find_or_create_run" else []
+            found = [r for r in found if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id]
+            run = found[0] if found else self.client.create_run(self.experiment_id, run_name=record["run_name"],
+                                                                tags=record["tags"])
+            self.ledger.mark(trial_id, run_id=run.info.run_id)
+            return
+        getattr(self.client, name)(record["run_id"], *args)
+        if name == "set_terminated":  # everything of this run is in MLflow: a resumed driver skips it
+            self.ledger.mark(trial_id, closed=True)
 
     def run_for(self, trial) -> dict:
         """The trial's record; on first sight, its MLflow run is created (or queued, during an outage) with its params."""
@@ -265,9 +272,12 @@ class MlflowTrialCallback(Callback):
         if record:
             return record
         suggestion = trial.config
-        from study.trial import trial_config
+        from study.trial import suggested_trial
 
-        params = flatten(trial_config(self.base_trial, suggestion))
+        try:
+            params = flatten(suggested_trial(self.base_trial, suggestion))
+        except ConfigError:  # the trial fails at once and says why; its params are what it was asked to run
+            params = {**suggestion.get("fixed", {}), **suggestion.get("overrides", {})}
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "regime": suggestion["regime"],
@@ -279,38 +289,28 @@ class MlflowTrialCallback(Callback):
             "role": suggestion.get("role", ""),
             "optuna_trial": str(suggestion.get("optuna_trial", "")),
         }
-        record = self.runs[trial.trial_id] = {
-            "run_id": None, "run_name": f"{suggestion['regime']}-{trial.trial_id}", "tags": tags, "last_step": -1,
-            "phase": self.phase, "suggestion": suggestion, "params": params, "history": [], "started": time.time()}
-        self._save_state()
-        self._call(trial.trial_id, "create_run")
+        record = self.ledger.open(trial.trial_id, self.phase, suggestion, params, tags)
+        self.queue.call(trial.trial_id, "create_run")
         for batch in _param_batches(params):
-            self._call(trial.trial_id, "log_batch", [], batch, [])
+            self.queue.call(trial.trial_id, "log_batch", [], batch, [])
         return record
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        record = self.run_for(trial)
-        if "error_kind" in result:  # the trial's one failure report: recorded for its status, never an eval point
-            record["failure"] = {k: result[k] for k in FAILURE_KEYS if k in result}
-            self._save_state()
+        self.run_for(trial)
+        if "error_kind" in result:
+            self.ledger.add_failure(trial.trial_id, result)
             return
-        step = nimg_step(result.get("kimg", 0.0))
-        if step <= record["last_step"]:
-            return  # a resumed trial re-reporting an eval point already logged
+        step = self.ledger.add_point(trial.trial_id, result)
+        if step is None:
+            return
         if step not in self.logged_steps.get(trial.trial_id, ()):  # logged by a driver killed before it saved it
-            self._call(trial.trial_id, "log_batch", _metrics(result, step), [], [])
+            self.queue.call(trial.trial_id, "log_batch", _metrics(result, step), [], [])
         checkpoint = _checkpoint_location(trial, result)
         if checkpoint:
             self._log_grid(trial.trial_id, *checkpoint, step)
-        record["last_step"] = step
-        record["last_result"] = {k: result[k] for k in (*CONTRACT_METRICS, *SUMMARY_METRICS) if k in result}
-        if "first_step_at" in result and "first_step_at" not in record:
-            record["first_step_at"] = result["first_step_at"]
-        record["history"].append(record["last_result"])
-        self._save_state()
 
     def _log_grid(self, trial_id: str, fs, path: str, step: int) -> None:
         """Copy the eval point's sample grid (and its samples-beside-nearest-training-image grid) out of the
@@ -326,20 +326,13 @@ class MlflowTrialCallback(Callback):
             local = self.samples_dir / trial_id / artifact_dir / f"kimg-{step:09d}.png"
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
-            self._call(trial_id, "log_artifact", str(local), artifact_dir)
+            self.queue.call(trial_id, "log_artifact", str(local), artifact_dir)
 
     def _finish(self, trial, failed: bool, reason: str = "") -> None:
-        record = self.run_for(trial)
-        failure = record.get("failure", {})
-        status = trial_status({**record.get("last_result", {"kimg": 0.0}), **failure}, failed, self.total_kimg)
-        if failure:
-            kind, error = failure["error_kind"], failure.get("error", "")
-            reason = error if kind in ("error", "diverged") else f"{kind} error: {error}"
-        record.update(status=status, reason=reason[:500], ended=time.time(),
-                      curve=curve_statistics(record["history"], self.onset_threshold))
-        self._save_state()
-        self._call(trial.trial_id, "log_batch", *self._closing_batch(record))
-        self._call(trial.trial_id, "set_terminated", self._run_status(status))
+        self.run_for(trial)
+        record = self.ledger.finish(trial.trial_id, failed, reason, self.total_kimg, self.onset_threshold)
+        self.queue.call(trial.trial_id, "log_batch", *self._closing_batch(record))
+        self.queue.call(trial.trial_id, "set_terminated", self._run_status(record["status"]))
 
     @staticmethod
     def _closing_batch(record: dict) -> tuple[list[Metric], list, list[RunTag]]:
@@ -367,7 +360,7 @@ class MlflowTrialCallback(Callback):
         self._finish(trial, failed=True, reason=reason or "trial raised an error")
 
     def on_experiment_end(self, trials, **info):
-        self._flush()
+        self.queue.flush()
         if self.pending:
             runs = len({trial_id for trial_id, _, _ in self.pending})
             print(f"warning: MLflow at {self.uri} is unreachable: {len(self.pending)} tracking calls for {runs} trial "

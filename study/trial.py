@@ -28,6 +28,30 @@ def trial_config(base: dict, suggestion: dict) -> dict:
     return TrialConfig.model_validate(tree).model_dump()
 
 
+def resolve_trial(base: dict, suggestion: dict) -> dict:
+    """`{"trial": config}` for a valid suggestion, else `{"invalid": reason}`: the trial then fails at once,
+    unretried (a searched value that no config accepts is the search space's bug, not a fault)."""
+    from pydantic import ValidationError
+
+    from trainables.config import ConfigError, describe_validation_error
+
+    try:
+        return {"trial": trial_config(base, suggestion)}
+    except ValidationError as err:
+        return {"invalid": describe_validation_error(err, TrialConfig)}
+    except ConfigError as err:
+        return {"invalid": str(err)}
+
+
+def suggested_trial(base: dict, suggestion: dict) -> dict:
+    """The trial config a suggestion carries (resolved on the driver), or resolved now for one built without it."""
+    if "invalid" in suggestion:
+        from trainables.config import ConfigError
+
+        raise ConfigError(suggestion["invalid"])
+    return suggestion["trial"] if "trial" in suggestion else trial_config(base, suggestion)
+
+
 def trains_in_trial_process(resources: dict) -> bool:
     return bool(resources["reuse_trial_process"]) and resources["num_workers"] == 1
 
@@ -55,7 +79,7 @@ def make_trainable(base_trial: dict, resources: dict, storage_path: str):
         from trainables.ray_worker import train_in_trial_process, train_worker
 
         try:
-            config = trial_config(base_trial, suggestion)
+            config = suggested_trial(base_trial, suggestion)
         except Exception as err:  # a suggestion the trial config rejects fails the same way on every retry
             kind = deterministic_kind(err)
             if kind is None:

@@ -195,7 +195,7 @@ def _live_actors(address: str, class_name: str) -> list:
 
 def _records(output: Path) -> dict:
     """The driver's per-trial records of the search phase (rewritten atomically at every result)."""
-    from study.tracking import load_records
+    from study.ledger import load_records
 
     try:
         return load_records(output, "search")
@@ -271,7 +271,7 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
 
     # The driver's records and MLflow: one continuous kimg axis, no gap, no duplicate.
     axis = [round(every * k * 1000) for k in range(1, round(total / every) + 1)]
-    record = json.loads((output / "mlflow_runs_search.json").read_text())[killed_trial]
+    record = _records(output)[killed_trial]
     assert [round(h["kimg"] * 1000) for h in record["history"]] == axis
     client = MlflowClient(tracking_uri=f"sqlite:///{output / 'mlflow.db'}")
     for metric in ("kimg", "train_loss", "test_loss"):

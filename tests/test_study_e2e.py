@@ -72,7 +72,9 @@ def test_two_worker_gloo_ddp_trains_with_identical_replicas(ray_session, tmp_pat
 def test_real_study_end_to_end(ray_session, tmp_path):
     overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=e2e", f"output={tmp_path / 'study'}", "regimes=[0.25,1.0]", "search.trials_per_regime=3",
-        "trial.eval.fid=true", "scheduler.grace_kimg=0.128", "confirm.seeds=2", "resources.max_concurrent=2",
+        # One trial at a time: ASHA's decisions (who reached a rung first, against whom) and so the whole study are
+        # deterministic, and the assertions below can be exact rather than "whatever happened".
+        "trial.eval.fid=true", "scheduler.grace_kimg=0.128", "confirm.seeds=2", "resources.max_concurrent=1",
     ]
     config = load_study_config(None, overrides)
     output = run_study(config, log=lambda *_: None)
@@ -89,7 +91,9 @@ def test_real_study_end_to_end(ray_session, tmp_path):
         if row["status"] == "completed":
             assert row["kimg"] == pytest.approx(0.256) and row["test_loss"] > 0 and row["loss_gap"] is not None
             assert row["fid"] > 0 and row["fid_test"] > 0 and row["fid_floor"] > 0 and 0 <= row["leakage"] <= 1
-    assert len(confirm) in (0, 4, 8) and all(r["status"] == "completed" for r in confirm)
+    # Each regime with a completed ScoreAug trial confirms it and its baseline with 2 seeds; at least one has.
+    confirmed = {r["regime"] for r in search if r["status"] == "completed" and r["role"] != "baseline"}
+    assert confirmed and len(confirm) == 4 * len(confirmed) and all(r["status"] == "completed" for r in confirm)
 
     # Optuna: one study per regime, baseline first, no RUNNING leftovers, early-stopped trials recorded as PRUNED.
     storage = optuna.storages.RDBStorage(f"sqlite:///{output / 'optuna.db'}")
@@ -124,7 +128,8 @@ def test_real_study_end_to_end(ray_session, tmp_path):
     assert (output / "report" / "summary.md").exists() and (output / "report" / "fid_vs_size.png").exists()
     assert "## Which searched parameters mattered" in (output / "report" / "summary.md").read_text()
     importances = json.loads((output / "report" / "importances.json").read_text())
-    assert set(importances) <= {"r0.25", "r1"} and all(abs(sum(v.values()) - 1) < 1e-6 for v in importances.values())
+    assert importances and set(importances) <= {"r0.25", "r1"}
+    assert all(v and abs(sum(v.values()) - 1) < 1e-6 for v in importances.values())
     state = json.loads((output / "study_state.json").read_text())
     assert state["phase"] == "done" and state["parent_run_id"] == parents[0].info.run_id
 
@@ -137,7 +142,7 @@ def _tiny_study(output) -> list[str]:
 
 
 def _finished_trials(output) -> int:
-    path = output / "mlflow_runs_search.json"
+    path = output / "trials_search.json"
     try:
         return sum("status" in r for r in json.loads(path.read_text()).values()) if path.exists() else 0
     except json.JSONDecodeError:
@@ -166,7 +171,7 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=180) == 130, (tmp_path / "driver.log").read_text()[-2000:]
     assert json.loads((output / "study_state.json").read_text())["phase"] == "search"
-    interrupted_children = json.loads((output / "mlflow_runs_search.json").read_text())
+    interrupted_children = json.loads((output / "trials_search.json").read_text())
 
     config = load_study_config(None, _tiny_study(output))
     run_study(config, resume=True, log=lambda *_: None)
@@ -211,8 +216,8 @@ def test_scaling_study_end_to_end(ray_session, tmp_path):
     confirm = [r for r in table if r["phase"] == "confirm"]
     assert sorted((r["images_in_regime"], r["role"], r["seed"]) for r in confirm) == sorted(
         (n, role, seed) for n in (8, 32) for role in ("baseline", "best") for seed in (1000, 1001))
-    records = {**json.loads((output / "mlflow_runs_search.json").read_text()),
-               **json.loads((output / "mlflow_runs_confirm.json").read_text())}
+    records = {**json.loads((output / "trials_search.json").read_text()),
+               **json.loads((output / "trials_confirm.json").read_text())}
     for row in table:
         history = records[row["trial_id"]]["history"]
         assert [h["kimg"] for h in history] == pytest.approx([0.064, 0.128, 0.256])  # the log schedule

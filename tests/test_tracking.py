@@ -33,7 +33,7 @@ class TrackingServer:
 
     def __init__(self, tmp_path, experiment: str):
         self.paths = (tmp_path / "server.db", tmp_path / "artifacts", free_port(), tmp_path / "server.log")
-        self.state_file = tmp_path / "mlflow_runs_search.json"
+        self.state_file = tmp_path / "trials_search.json"
         with self.up() as self.url:
             client, self.experiment_id = connect(self.url, experiment, tmp_path / "unused")
             self.parent = start_parent_run(client, self.experiment_id, experiment, {}, None)

@@ -6,7 +6,6 @@ Slow: a real study (the session's Ray) whose searched trial hits a deterministic
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pyarrow.parquet as pq
@@ -15,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 
+from study.ledger import Ledger, load_records, records_file
 from study.progress import ProgressCallback
 from study.searcher import trial_outcome
-from study.status import MLFLOW_STATUS, FailureSummary, summarize_failures, trial_status
+from study.contract import MLFLOW_STATUS, FailureSummary, summarize_failures, trial_status
 from tests.conftest import TINY_TRIAL
 from trainables.checkpoint import CheckpointError
 from trainables.config import ConfigError
@@ -40,10 +40,15 @@ STATUS_TABLE = [
 
 
 @pytest.mark.parametrize("last, errored, status, state, run_status", STATUS_TABLE)
-def test_one_status_table_for_searcher_tracker_and_progress(last, errored, status, state, run_status):
+def test_one_status_table_for_searcher_tracker_and_progress(tmp_path, last, errored, status, state, run_status):
     assert trial_status(last, errored, TOTAL) == status
-    assert trial_outcome(last, errored, TOTAL, ["test_loss"])[0] == state
+    assert trial_outcome(last, errored, TOTAL, ["test_loss"])[0] == state  # the searcher
     assert MLFLOW_STATUS[status] == run_status
+    ledger = Ledger(tmp_path / "trials_search.json")  # the tracker's ledger, fed as the callback feeds it
+    ledger.open("t_00000", "search", {"regime": "r1"}, {}, {})
+    if last:
+        (ledger.add_failure if "error_kind" in last else ledger.add_point)("t_00000", last)
+    assert ledger.finish("t_00000", errored, "", TOTAL, 0.1)["status"] == status
     progress = ProgressCallback("search", 1, "test_loss", TOTAL)
     trial = Trial("scoreaug_trial", config={"regime": "r1"}, trial_id="t_00000", stub=True)
     trial.run_metadata.last_result = dict(last or {})
@@ -106,7 +111,7 @@ def test_a_deterministic_trial_error_is_not_retried_and_the_study_exits_non_zero
     # Failed at once: the trial reported its error and ended; Tune saw no exception, so it restarted nothing.
     trial_dirs = list((output / "tune" / "search").glob("scoreaug_trial_*"))
     assert len(trial_dirs) == 2 and not list((output / "tune" / "search").rglob("error.*"))
-    records = json.loads((output / "mlflow_runs_search.json").read_text())
+    records = load_records(output, "search")
     failed = next(r for r in records.values() if r["status"] == "failed")
     assert failed["history"] == [] and "ValueError: img_resolution 8" in failed["reason"]
     run = MlflowClient(tracking_uri=f"sqlite:///{output / 'mlflow.db'}").get_run(failed["run_id"])
@@ -120,4 +125,4 @@ def test_a_deterministic_trial_error_is_not_retried_and_the_study_exits_non_zero
     assert (output / "report" / "summary.md").exists()
     assert "no ScoreAug trial completed its full budget" in captured.out
     assert json.loads((output / "study_state.json").read_text())["phase"] == "done"
-    assert Path(output / "mlflow_runs_confirm.json").exists() is False
+    assert not records_file(output, "confirm").exists()

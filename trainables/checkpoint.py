@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from trainables.files import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLE_GRID = "samples.png"  # written beside each checkpoint, so the driver can log it from storage
@@ -20,11 +21,9 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict, directory: Path) -> Path:
     """Write `state` to directory/checkpoint.pt via a temp file and rename, so a crash never leaves half a file."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / CHECKPOINT_FILE
-    temporary = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, final)
+    with atomic_path(final) as temporary:
+        torch.save(state, temporary)
     return final
 
 

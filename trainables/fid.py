@@ -18,7 +18,6 @@ import functools
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -29,7 +28,9 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from trainables.catalog import DATASETS
 from trainables.data import ImageDataset, to_signed
+from trainables.files import atomic_path
 from trainables.feature_nets import ORIENTATION_NETS, judged_transformed, load_shipped_net, sha256_file
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("SCOREAUG_FID_CACHE", Path.home() / ".cache" / "scoreaug" / "fid"))
@@ -260,9 +261,9 @@ def get_feature_space(name: str, weights_path: str | Path | None = None, device:
 
 
 def default_feature_space(dataset_name: str) -> str:
-    """The feature space FIDs of a dataset are measured in: a digit classifier for the embedded
-    digit sets, Inception-v3 for natural images."""
-    return {"digits": "digits-cnn", "mnist5k": "mnist-cnn"}.get(dataset_name, "inception-v3")
+    """The feature space FIDs of a dataset are measured in (the catalog's: a digit classifier for the embedded
+    digit sets, Inception-v3 for natural images)."""
+    return DATASETS[dataset_name].feature_space if dataset_name in DATASETS else "inception-v3"
 
 
 def _fingerprint(images: torch.Tensor) -> str:
@@ -283,15 +284,8 @@ def _load_or_compute(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -
         with np.load(path) as cached:
             return {key: cached[key] for key in cached.files}
     arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **arrays)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+    with atomic_path(path, suffix=".npz") as temporary:
+        np.savez(temporary, **arrays)
     return arrays
 
 

@@ -1,0 +1,126 @@
+"""The study's contracts that only slow end-to-end tests touched: each pinned here on hand-built inputs, in seconds.
+
+The summary table's statistics, the confirmed pick, ablation order, what a resume accepts, the pool sizes,
+the fixed searcher's resume, and the search direction reaching Optuna and ASHA.
+"""
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from scipy import stats
+
+from study.ablation import ablation_suggestions
+from study.cells import Cell, study_cells
+from study.config import load_study_config
+from study.confirm import FixedSearcher, confirmation_suggestions
+from study.contract import BASELINE, BEST, study_name
+from study.report import summarize
+from study.runner import early_stopping, search_fingerprint
+from study.searcher import RegimeSearcher, load_regime_study, open_regime_study
+from tests.conftest import TINY_TRIAL
+from trainables.catalog import DATASETS
+from trainables.data import load_dataset, pool_size
+
+
+def _config(*sets):
+    return load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + ["search.metric=test_loss",
+                                                                          "search.max_memorization=null", *sets])
+
+
+def _row(regime, images, role, seed, fid, **metrics):
+    base = {"fid_test": fid + 1, "loss_gap": 0.1, "memorization": 0.0, "leakage": 0.2, "fid_floor": 3.0}
+    return {"phase": "confirm", "status": "completed", "regime": regime, "regime_fraction": 1.0, "images_in_regime": images,
+            "capacity": "", "role": role, "seed": seed, "fid": fid, **base, **metrics}
+
+
+def test_summarize_gives_means_spreads_welch_and_the_verdict_in_regime_order():
+    rows = [_row("n72", 72, BEST, s, f) for s, f in enumerate([10.0, 11.0, 12.0])]
+    rows += [_row("n72", 72, BASELINE, s, f) for s, f in enumerate([20.0, 21.0, 22.0])]
+    rows += [_row("n18", 18, BEST, s, f) for s, f in enumerate([30.0, 34.0])]
+    rows += [_row("n18", 18, BASELINE, s, f) for s, f in enumerate([31.0, 33.0])]
+    rows += [{**_row("n18", 18, BEST, 9, 999.0), "status": "failed"}]  # not completed: left out
+    summary = summarize(rows)
+    assert [e["regime"] for e in summary] == ["n18", "n72"]  # smallest training set first, not input order
+    n18, n72 = summary
+    assert n72["best_fid_mean"] == pytest.approx(11.0) and n72["best_fid_std"] == pytest.approx(1.0)
+    assert n72["baseline_seeds"] == 3 and n72["best_fid_test_mean"] == pytest.approx(12.0)
+    assert n72["fid_welch_p"] == pytest.approx(stats.ttest_ind([10, 11, 12], [20, 21, 22], equal_var=False).pvalue)
+    assert n72["fid_difference_exceeds_spread"] is True and n72["fid_relative_improvement"] == pytest.approx(10 / 21)
+    assert n18["best_seeds"] == 2 and n18["best_fid_mean"] == pytest.approx(32.0)
+    assert n18["fid_difference_exceeds_spread"] is False  # |32 - 32| is inside std 2.83 + 1.41
+
+
+def test_confirmation_picks_the_best_completed_non_baseline_trial(tmp_path):
+    config = _config("regimes={images: [18]}", "confirm.seeds=2")
+    [cell] = study_cells(config)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_regime_study(url, study_name(config.name, cell.name), 0, ["minimize"])
+    outcomes = [(BASELINE, 0.1, optuna.trial.TrialState.COMPLETE),  # the best value, but the baseline
+                ("search", 0.3, optuna.trial.TrialState.COMPLETE), ("search", 0.2, optuna.trial.TrialState.COMPLETE),
+                ("search", None, optuna.trial.TrialState.PRUNED), ("search", None, optuna.trial.TrialState.FAIL)]
+    for number, (role, value, state) in enumerate(outcomes):
+        trial = study.ask()
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("overrides", {"score_augment.p": number / 10})
+        study.tell(trial, value, state=state)
+    suggestions, notes = confirmation_suggestions([cell], url, config.name, config.confirm, config.search, 0.1)
+    assert notes == []
+    assert [(s["role"], s["optuna_trial"], s["seed"]) for s in suggestions] == [
+        (BEST, 2, 1000), (BEST, 2, 1001), (BASELINE, None, 1000), (BASELINE, None, 1001)]
+    assert suggestions[0]["overrides"] == {"score_augment.p": 0.2} and suggestions[0]["trial"]["score_augment"]["p"] == 0.2
+    assert suggestions[2]["trial"]["score_augment"]["p"] == 0.0  # the plain-EDM baseline
+
+
+def test_ablation_runs_seeds_outermost_then_cells_then_arms():
+    config = _config("regimes={images: [18, 36]}", "ablation={arms: {a: {score_augment.p: 0.5}, b: {}}, seeds: 2}")
+    order = [(s["seed"], s["regime"], s["role"]) for s in ablation_suggestions(config, study_cells(config))]
+    assert order == [(0, "n18", "a"), (0, "n18", "b"), (0, "n36", "a"), (0, "n36", "b"),
+                     (1, "n18", "a"), (1, "n18", "b"), (1, "n36", "a"), (1, "n36", "b")]
+
+
+@pytest.mark.parametrize("change, accepted", [
+    ("output=/elsewhere", True), ("tracking.uri=sqlite:////tmp/x.db", True), ("storage_path=/shared", True),
+    ("resources.max_concurrent=1", True), ("resources.cpus_per_worker=2", True), ("failures.max_fraction=0.9", True),
+    ("resources.num_workers=2", False), ("search.trials_per_regime=9", False), ("regimes={images: [18]}", False),
+    ("trial.train.total_kimg=1.0", False), ("search.space=scoreaug_with_capacity", False), ("confirm.seeds=5", False),
+])
+def test_a_resume_accepts_where_results_go_and_refuses_what_they_mean(change, accepted):
+    assert (search_fingerprint(_config(change)) == search_fingerprint(_config())) == accepted
+
+
+@pytest.mark.parametrize("name", [d for d in DATASETS if d not in ("cifar10", "image_folder")])  # those need files
+def test_pool_size_is_the_loaded_training_split(name):
+    assert pool_size(name) == len(load_dataset(name).train)
+
+
+def test_fixed_searcher_resumes_where_it_stopped(tmp_path):
+    searcher = FixedSearcher([{"n": 0}, {"n": 1}, {"n": 2}])
+    assert searcher.suggest("t0") == {"n": 0}
+    searcher.save(str(tmp_path / "state.pkl"))
+    resumed = FixedSearcher([{"n": 0}, {"n": 1}, {"n": 2}])
+    resumed.restore(str(tmp_path / "state.pkl"))
+    assert [resumed.suggest(t) for t in ("t1", "t2", "t3")] == [{"n": 1}, {"n": 2}, FixedSearcher.FINISHED]
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_search_mode_reaches_optuna_and_asha(tmp_path, mode):
+    config = _config(f"search.mode={mode}", "scheduler.kind=asha", "regimes={images: [18]}")
+    searcher = RegimeSearcher(study_cells(config), config.search, f"sqlite:///{tmp_path / 'optuna.db'}", "m", 0.1, 0.256)
+    searcher.suggest("t0")
+    study = load_regime_study(f"sqlite:///{tmp_path / 'optuna.db'}", "m-n18")
+    assert study.direction == (optuna.study.StudyDirection.MINIMIZE if mode == "min" else optuna.study.StudyDirection.MAXIMIZE)
+    assert early_stopping(config)._mode == mode
+
+
+def test_a_cell_resolves_each_trial_config_once_on_the_driver():
+    config = _config("regimes={images: [18]}", "capacities={model.model_channels: [16]}")
+    [cell] = study_cells(config)
+    good = cell.suggestion(role="search", overrides={"score_augment.p": 0.4}, seed=3)
+    assert good["trial"]["model"]["model_channels"] == 16 and good["trial"]["regime_images"] == 18
+    assert good["trial"]["score_augment"]["p"] == 0.4 and good["trial"]["seed"] == 3
+    bad = cell.suggestion(role="search", overrides={"score_augment.p": 2.0}, seed=0)
+    assert "trial" not in bad and "score_augment.p: Input should be less than or equal to 1" in bad["invalid"]
+    assert isinstance(Cell("n2", 1.0, 2, 2).suggestion(overrides={}), dict)  # a bare cell resolves nothing
+    assert not math.isnan(np.float64(good["trial"]["train"]["total_kimg"]))
