@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from study.contract import OBJECTIVES, SCHEDULER_METRICS
-from trainables.config import (ConfigError, StrictModel, TrialConfig, apply_overrides, describe_validation_error, load_yaml,
-                               validate)
+from trainables.config import StrictModel, TrialConfig
+from trainables.config_io import ConfigError, apply_overrides, describe_validation_error, load_yaml, validate
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -200,7 +200,7 @@ class StudyConfig(StrictModel):
 
     def _check_overrides(self, where: str, named: dict[str, dict[str, Any]]) -> None:
         """Each named set of overrides must give a valid trial config, checked now rather than when its trials start."""
-        from trainables.config import set_by_path
+        from trainables.config_io import set_by_path
 
         for name, overrides in named.items():
             tree = self.trial.model_dump()

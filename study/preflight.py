@@ -6,7 +6,8 @@ stay inside ranges the trial config validates. The dataset is checked once for a
 
 from __future__ import annotations
 
-from trainables.config import ConfigError, TrialConfig, set_by_path
+from trainables.config import TrialConfig
+from trainables.config_io import ConfigError, set_by_path
 from trainables.preflight import check_trial
 
 from study.config import StudyConfig

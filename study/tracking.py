@@ -19,7 +19,7 @@ from ray.tune import Callback
 
 from study.contract import CURVE_METRICS, FAILED, MLFLOW_STATUS, REPORTED_METRICS
 from study.ledger import Ledger, nimg_step
-from trainables.config import ConfigError, flatten
+from trainables.config_io import ConfigError, flatten
 
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 
-from trainables.config import TrialConfig, set_by_path
+from trainables.config import TrialConfig
+from trainables.config_io import set_by_path
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 
@@ -33,7 +34,7 @@ def resolve_trial(base: dict, suggestion: dict) -> dict:
     unretried (a searched value that no config accepts is the search space's bug, not a fault)."""
     from pydantic import ValidationError
 
-    from trainables.config import ConfigError, describe_validation_error
+    from trainables.config_io import ConfigError, describe_validation_error
 
     try:
         return {"trial": trial_config(base, suggestion)}
@@ -46,7 +47,7 @@ def resolve_trial(base: dict, suggestion: dict) -> dict:
 def suggested_trial(base: dict, suggestion: dict) -> dict:
     """The trial config a suggestion carries (resolved on the driver), or resolved now for one built without it."""
     if "invalid" in suggestion:
-        from trainables.config import ConfigError
+        from trainables.config_io import ConfigError
 
         raise ConfigError(suggestion["invalid"])
     return suggestion["trial"] if "trial" in suggestion else trial_config(base, suggestion)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRIAL
-from trainables.config import ConfigError, load_trial_config
+from trainables.config import load_trial_config
+from trainables.config_io import ConfigError
 from trainables.data import DatasetError, load_digits, regime_indices, regime_size
 from trainables.loop import run_trial
 from trainables.session import LocalSession

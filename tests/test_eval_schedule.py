@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import TINY_TRIAL
 from trainables.checkpoint import NEAREST_GRID, SAMPLE_GRID
-from trainables.config import ConfigError, EvalConfig, load_trial_config
+from trainables.config import EvalConfig, load_trial_config
+from trainables.config_io import ConfigError
 from trainables.loop import run_trial
 from trainables.session import LocalSession
 

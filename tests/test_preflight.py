@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT
-from trainables.config import ConfigError, load_trial_config
+from trainables.config import load_trial_config
+from trainables.config_io import ConfigError
 from trainables.data import DatasetError, dataset_shape, load_image_folder
 from trainables.preflight import check_trial
 

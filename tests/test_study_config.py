@@ -8,7 +8,7 @@ import pytest
 from study.config import load_study_config
 from study.plan import Node, PlanError, check_fits
 from tests.conftest import ROOT
-from trainables.config import ConfigError
+from trainables.config_io import ConfigError
 
 
 def _run(*args, timeout=60):

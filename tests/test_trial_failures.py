@@ -20,7 +20,7 @@ from study.searcher import trial_outcome
 from study.contract import MLFLOW_STATUS, FailureSummary, summarize_failures, trial_status
 from tests.conftest import TINY_TRIAL
 from trainables.checkpoint import CheckpointError
-from trainables.config import ConfigError
+from trainables.config_io import ConfigError
 from trainables.data import DatasetError
 from trainables.failures import deterministic_kind, failure_report
 from trainables.loop import TrainingDiverged

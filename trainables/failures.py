@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from trainables.checkpoint import CheckpointError
-from trainables.config import ConfigError
+from trainables.config_io import ConfigError
 from trainables.data import DatasetError
 from trainables.loop import TrainingDiverged
 

@@ -116,7 +116,8 @@ class Evaluator:
         if fid is not None:
             metrics.update(fid.evaluate(samples))
             metrics["fid_floor"] = fid.floor()
-            from trainables.fid import ORIENTATION_NETS, leakage
+            from trainables.feature_nets import ORIENTATION_NETS
+            from trainables.leakage import leakage
 
             if self.dataset.name in ORIENTATION_NETS:  # a shipped orientation classifier exists for it
                 metrics["leakage"] = leakage(samples, self.dataset.name, self.device)
@@ -170,7 +171,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     rank, world = session.rank, session.world_size
     tc, ev = config.train, config.eval
 
-    dataset = load_dataset(config.dataset, config.data_path, config.resolution)
+    dataset = load_dataset(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
     regime = _regime(config, dataset)
     pool = dataset.train[regime].to(device)
 

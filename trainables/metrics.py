@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from trainables.loss import edm_weight
@@ -84,6 +83,3 @@ def save_grid(images_uint8: torch.Tensor, path: Path, upscale: int | None = None
     picture.save(path)
     return path
 
-
-def is_finite(value: float) -> bool:
-    return bool(np.isfinite(value))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import TrialConfig
+from trainables.config_io import ConfigError
 from trainables.data import FIXED_SHAPES, DatasetShape, dataset_shape
 
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from trainables.checkpoint import CheckpointError
-from trainables.config import ConfigError, load_trial_config
+from trainables.config import load_trial_config
+from trainables.config_io import ConfigError
 from trainables.data import DatasetError
 from trainables.loop import TrainingDiverged, run_trial
 from trainables.preflight import check_trial
