@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from study.contract import OBJECTIVES, SCHEDULER_METRICS
+from study.contract import BASELINE, BEST, OBJECTIVES, SCHEDULER_METRICS, SEARCHED
 from trainables.config import StrictModel, TrialConfig
 from trainables.config_io import ConfigError, apply_overrides, describe_validation_error, load_yaml, validate
 
@@ -49,6 +49,9 @@ class ConfirmConfig(StrictModel):
     # The confirmed ScoreAug config of a regime: among its feasible searched trials (Pareto-optimal ones in a
     # multi-objective search), the one lowest (mode max: highest) in this objective; None: the first objective.
     pick_by: Objective | None = None
+    # Fixed configs confirmed beside them in every cell with the same seeds (arm name -> {trial key: value}):
+    # e.g. ScoreAug at one sensible setting, so a scaling study compares baseline, fixed and searched ScoreAug.
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class ScalingConfig(StrictModel):
@@ -185,18 +188,22 @@ class StudyConfig(StrictModel):
             raise ValueError(f"confirm.pick_by {self.confirm.pick_by} must be one of the search objectives "
                              f"({', '.join(self.search.objective_names)})")
         if self.ablation:
-            self._check_arms()
+            self._check_arms("ablation.arms", self.ablation.arms)
+        if self.confirm.arms:
+            self._check_arms("confirm.arms", self.confirm.arms, reserved=(BASELINE, BEST, SEARCHED))
         if self.capacities:
             self._check_overrides("capacities", {f"{key}={v}": {key: v} for key, values in self.capacities.items() for v in values})
         if self.scheduler.kind == "asha" and self.scheduler.metric.startswith("fid") and self.trial.eval.fid_at != "every":
             raise ValueError("scheduler.metric fid needs trial.eval.fid_at: every (ASHA compares trials at every eval point)")
         return self
 
-    def _check_arms(self) -> None:
-        for name in self.ablation.arms:
+    def _check_arms(self, where: str, arms: dict[str, dict[str, Any]], reserved: tuple[str, ...] = ()) -> None:
+        for name in arms:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-                raise ValueError(f"ablation.arms: arm name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
-        self._check_overrides("ablation.arms", self.ablation.arms)
+                raise ValueError(f"{where}: arm name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+            if name in reserved:
+                raise ValueError(f"{where}: {name!r} names a role the study gives itself; choose another arm name")
+        self._check_overrides(where, arms)
 
     def _check_overrides(self, where: str, named: dict[str, dict[str, Any]]) -> None:
         """Each named set of overrides must give a valid trial config, checked now rather than when its trials start."""

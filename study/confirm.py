@@ -35,7 +35,7 @@ def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str
     then in a multi-objective search the Pareto-optimal ones, then the best in `pick_by` (default: first objective)."""
     searched = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") != BASELINE]
     if not searched:
-        return None, "no ScoreAug trial completed its full budget; nothing to confirm"
+        return None, "no ScoreAug trial completed its full budget; no searched config to confirm"
     note = ""
     least = min(_violation(t) for t in searched)
     candidates = [t for t in searched if _violation(t) <= least]
@@ -51,17 +51,19 @@ def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str
 
 def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: str, confirm: ConfirmConfig,
                              search: SearchConfig, base_dropout: float) -> tuple[list[dict], list[str]]:
-    """Per cell: the picked ScoreAug trial and the baseline, each with `confirm.seeds` fresh seeds."""
+    """Per cell: the picked ScoreAug trial, the baseline and each fixed arm (`confirm.arms`), each with
+    `confirm.seeds` fresh seeds. A cell without a picked trial confirms its baseline only beside fixed arms."""
     suggestions, notes = [], []
     for cell in cells:
         name = study_name(study_prefix, cell.name)
         best, note = pick_confirmed(load_regime_study(storage_url, name).get_trials(deepcopy=False), search, confirm.pick_by)
         if note:
             notes.append(f"{cell.name}: {note}")
-        if best is None:
-            continue
-        for role, overrides, source in ((BEST, best.user_attrs["overrides"], best.number),
-                                        (BASELINE, baseline_overrides(base_dropout), None)):
+        arms = [(BEST, best.user_attrs["overrides"], best.number)] if best is not None else []
+        if arms or confirm.arms:
+            arms.append((BASELINE, baseline_overrides(base_dropout), None))
+        arms += [(arm, dict(overrides), None) for arm, overrides in confirm.arms.items()]
+        for role, overrides, source in arms:
             for k in range(confirm.seeds):
                 suggestions.append(cell.suggestion(role=role, optuna_study=name, optuna_trial=source, overrides=overrides,
                                                    seed=confirm.seed_offset + k))

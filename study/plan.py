@@ -75,7 +75,7 @@ def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
         cells=cells,
         # an ablation runs each arm once per seed per regime, with no search and no confirmation
         trials_per_regime=len(ablation.arms) * ablation.seeds if ablation else config.search.trials_per_regime,
-        confirmation_trials=0 if ablation else len(cells) * 2 * config.confirm.seeds,
+        confirmation_trials=0 if ablation else len(cells) * (2 + len(config.confirm.arms)) * config.confirm.seeds,
         cpus_per_trial=r.num_workers * r.cpus_per_worker,
         gpus_per_trial=r.num_workers * r.gpus_per_worker,
         concurrency=concurrency,
@@ -99,7 +99,8 @@ def describe(config: StudyConfig, plan: Plan) -> str:
                  f"{len(config.ablation.arms)} arms x {config.ablation.seeds} seeds per regime, no search)"]
     else:
         lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
-                 f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs)"]
+                 f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs"
+                 + (f": best and baseline beside fixed arms {', '.join(config.confirm.arms)}" if config.confirm.arms else "") + ")"]
     for cell in plan.cells:
         size = f"{cell.images} images" if cell.regime_images else f"{cell.regime_fraction:g} of the training set = {cell.images} images"
         lines.append(f"  regime {cell.name}: {size}" + (f", capacity {cell.capacity}" if cell.capacity else ""))

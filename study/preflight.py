@@ -17,7 +17,8 @@ def trial_variants(config: StudyConfig) -> dict[str, dict]:
     """Where each fixed variation of the base trial comes from ("" for the base itself) -> its overrides."""
     capacities = [("", {})] + [(f"capacities {key}={value}", {key: value})
                                for key, values in (config.capacities or {}).items() for value in values]
-    arms = {f"ablation.arms.{arm}": overrides for arm, overrides in config.ablation.arms.items()} if config.ablation else {"": {}}
+    arms = ({f"ablation.arms.{arm}": overrides for arm, overrides in config.ablation.arms.items()} if config.ablation else
+            {"": {}, **{f"confirm.arms.{arm}": overrides for arm, overrides in config.confirm.arms.items()}})
     return {" with ".join(filter(None, (arm, capacity))): {**capacity_overrides, **overrides}
             for arm, overrides in arms.items() for capacity, capacity_overrides in capacities}
 

@@ -111,7 +111,7 @@ def test_dry_run_names_fractions_capacities_and_a_size_the_pool_lacks(tmp_path):
     assert too_many.returncode == 2 and "5000" in too_many.stderr and "1438" in too_many.stderr, too_many.stderr
 
 
-@pytest.mark.parametrize("name", ["mnist.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize("name", ["mnist.yaml", "cifar10.yaml", "scaling.yaml", "leakage.yaml"])
 def test_shipped_configs_validate(name):
     result = _run("--config", f"study/configs/{name}", "--dry-run")
     assert result.returncode == 0, result.stderr

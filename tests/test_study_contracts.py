@@ -124,3 +124,20 @@ def test_a_cell_resolves_each_trial_config_once_on_the_driver():
     assert "trial" not in bad and "score_augment.p: Input should be less than or equal to 1" in bad["invalid"]
     assert isinstance(Cell("n2", 1.0, 2, 2).suggestion(overrides={}), dict)  # a bare cell resolves nothing
     assert not math.isnan(np.float64(good["trial"]["train"]["total_kimg"]))
+
+
+def test_fixed_arms_are_confirmed_beside_best_and_baseline_in_every_cell(tmp_path):
+    config = _config("regimes={images: [18, 36]}", "confirm.seeds=1", "confirm.arms={fixed: {score_augment.p: 0.5}}")
+    cells = study_cells(config)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for cell, searched_value in zip(cells, (0.2, None)):  # n36: no searched trial completed
+        study = open_regime_study(url, study_name(config.name, cell.name), 0, ["minimize"])
+        trial = study.ask()
+        trial.set_user_attr("role", "search")
+        trial.set_user_attr("overrides", {"score_augment.p": 0.3})
+        study.tell(trial, searched_value, state=optuna.trial.TrialState.COMPLETE if searched_value else optuna.trial.TrialState.PRUNED)
+    suggestions, notes = confirmation_suggestions(cells, url, config.name, config.confirm, config.search, 0.1)
+    assert [(s["regime"], s["role"]) for s in suggestions] == [
+        ("n18", BEST), ("n18", BASELINE), ("n18", "fixed"), ("n36", BASELINE), ("n36", "fixed")]
+    assert suggestions[2]["trial"]["score_augment"]["p"] == 0.5
+    assert notes == ["n36: no ScoreAug trial completed its full budget; no searched config to confirm"]
