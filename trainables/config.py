@@ -7,16 +7,16 @@ in the message, before any data is loaded or any process is started.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from trainables.catalog import DATASET_NAMES, DATASETS
+from trainables.config_io import ConfigError, apply_overrides, load_yaml, validate
 
 TransformName = Literal["hflip", "vflip", "rot90", "translate", "brightness", "cutout"]
-ALL_TRANSFORMS: tuple[str, ...] = ("hflip", "vflip", "rot90", "translate", "brightness", "cutout")
-DatasetName = Literal["digits", "mnist5k", "cifar10", "image_folder", "synthetic"]
-
-DEFAULT_PRESETS = {"digits": "digits", "mnist5k": "mnist", "cifar10": "ddpmpp-cifar", "image_folder": "ddpmpp-cifar", "synthetic": "ddpmpp-cifar"}
+ALL_TRANSFORMS: tuple[str, ...] = get_args(TransformName)  # their order numbers the transforms in the labels
+DatasetName = Literal[DATASET_NAMES]
 
 # Covers sigma 0.02..10 with most points in 0.1..2, where the train/test gap is largest (SCOREAUG.md).
 DEFAULT_LOSS_SIGMAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 2.0, 4.0, 10.0]
@@ -63,6 +63,12 @@ class ScoreAugConfig(AugmentConfig):
 
     mode: Literal["noisy", "clean"] = "noisy"  # noisy: T(y+n) -> T(y) (the paper); clean: T(y)+n -> T(y) (NLA)
     preconditioning_sigma: Literal["original", "scaled"] = "original"  # sigma seen by the net after brightness scaling
+
+    @model_validator(mode="after")
+    def _check_sigma(self) -> "ScoreAugConfig":
+        if self.mode == "clean" and self.preconditioning_sigma == "scaled":  # clean mode adds noise after the transform
+            raise ValueError("preconditioning_sigma: scaled applies to mode: noisy only (mode clean scales no noise)")
+        return self
 
 
 class DiffusionConfig(StrictModel):
@@ -124,6 +130,7 @@ class TrialConfig(StrictModel):
 
     dataset: DatasetName = "digits"
     data_path: str | None = None
+    skip_unreadable: bool = False  # image_folder: skip files that do not decode (one warning with the count); off: refuse
     resolution: int | None = Field(None, ge=8)
     regime_fraction: float = Field(1.0, gt=0.0, le=1.0)  # fraction of the training pool
     regime_images: int | None = Field(None, ge=2)  # images in the regime; wins over regime_fraction
@@ -140,10 +147,9 @@ class TrialConfig(StrictModel):
 
     def resolved_model(self) -> dict[str, Any]:
         """Preset merged with explicit overrides; an unknown preset names the known ones."""
-    skip_unreadable: bool = False  # image_folder: skip files that do not decode (one warning with the count); off: refuse
         from trainables.networks import MODEL_PRESETS
 
-        name = self.model.preset or DEFAULT_PRESETS[self.dataset]
+        name = self.model.preset or DATASETS[self.dataset].default_preset
         if name not in MODEL_PRESETS:
             raise ConfigError(f"model.preset: unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
         resolved = dict(MODEL_PRESETS[name])
@@ -151,105 +157,8 @@ class TrialConfig(StrictModel):
         return resolved
 
 
-class ConfigError(ValueError):
-    """A config problem, worded for one line on stderr."""
-
-
-def set_by_path(tree: dict, dotted: str, value: Any) -> None:
-    """Set `a.b.c = value` inside nested dicts, creating levels as needed."""
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {key!r} holds a value, not a section")
-        node = child
-    node[leaf] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key.path=value` with the value read as YAML, so lists, numbers and booleans work."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected key.path=value")
-    try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
-
-
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        set_by_path(tree, *parse_override(text))
-    return tree
-
-
-def load_yaml(path: str) -> dict:
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return data
-
-
-def _allowed_keys(model_cls: type[BaseModel], path: tuple) -> list[str]:
-    cls = model_cls
-    for key in path:
-        field = cls.model_fields.get(str(key))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        cls = annotation
-    return sorted(cls.model_fields)
-
-
-def describe_validation_error(err: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> str:
-    """One line per problem, each naming the key path and what is allowed."""
-    lines = []
-    for problem in err.errors():
-        loc = tuple(problem["loc"])
-        key = prefix + ".".join(str(p) for p in loc)
-        if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model_cls, loc[:-1])
-            lines.append(f"{key}: unknown key; allowed here: {', '.join(allowed)}")
-            continue
-        message = problem["msg"].removeprefix("Value error, ")
-        given = problem.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"{key or '(config)'}: {message}{shown}")
-    return "; ".join(lines)
-
-
-def validate(model_cls: type[BaseModel], data: dict, prefix: str = ""):
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, model_cls, prefix)) from None
-
-
 def load_trial_config(path: str | None = None, overrides: list[str] = ()) -> TrialConfig:
     data = load_yaml(path) if path else {}
     config = validate(TrialConfig, apply_overrides(data, list(overrides)))
     config.resolved_model()
     return config
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {'a.b.c': value}: the form trial params take in MLflow and Parquet."""
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
