@@ -177,13 +177,14 @@ PHASE_BUILDERS = {"ablation": ablation_phase, "search": search_phase, "confirm":
 
 
 def early_stopping(config: StudyConfig):
-    """ASHA on the scheduler's metric at eval points (kimg), in the search's direction; None without early stopping."""
-    from ray.tune.schedulers import ASHAScheduler
+    """ASHA on the scheduler's metric at eval points (kimg), in the search's direction, each cell on its own
+    ladder (study/schedulers.py); None without early stopping."""
+    from study.schedulers import PerCellASHA
 
     if config.scheduler.kind != "asha":
         return None
     total_kimg = config.trial.train.total_kimg
-    return ASHAScheduler(time_attr="kimg", metric=config.scheduler.metric, mode=config.search.mode, max_t=total_kimg,
+    return PerCellASHA(time_attr="kimg", metric=config.scheduler.metric, mode=config.search.mode, max_t=total_kimg,
                          grace_period=min(config.scheduler.grace_kimg, total_kimg),
                          reduction_factor=config.scheduler.reduction_factor)
 

@@ -141,3 +141,20 @@ def test_fixed_arms_are_confirmed_beside_best_and_baseline_in_every_cell(tmp_pat
         ("n18", BEST), ("n18", BASELINE), ("n18", "fixed"), ("n36", BASELINE), ("n36", "fixed")]
     assert suggestions[2]["trial"]["score_augment"]["p"] == 0.5
     assert notes == ["n36: no ScoreAug trial completed its full budget; no searched config to confirm"]
+
+
+def test_asha_compares_a_trial_only_with_trials_of_its_own_cell():
+    """A small regime's held-out loss is higher at any setting: on one shared ladder its trials would be stopped
+    for their regime. Per cell, the better of two small-regime trials continues; the worse one is stopped."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = early_stopping(_config("scheduler.kind=asha", "scheduler.grace_kimg=0.128", "scheduler.reduction_factor=2"))
+    trials = {name: Trial("scoreaug_trial", config={"regime": regime}, trial_id=name, stub=True)
+              for name, regime in (("big_a", "n1438"), ("big_b", "n1438"), ("small_a", "n18"), ("small_b", "n18"))}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    actions = {name: scheduler.on_trial_result(None, trials[name], {"kimg": 0.128, "test_loss": loss})
+               for name, loss in (("big_a", 0.30), ("big_b", 0.31), ("small_a", 0.60), ("small_b", 0.59))}
+    assert actions == {"big_a": TrialScheduler.CONTINUE, "big_b": TrialScheduler.STOP,
+                       "small_a": TrialScheduler.CONTINUE, "small_b": TrialScheduler.CONTINUE}

@@ -1,0 +1,28 @@
+"""Early stopping within a cell: ASHA whose rungs compare a trial only with trials of its own cell.
+
+Ray's ASHA ranks every trial of the experiment on one ladder. A study's cells differ by design: a small
+training set has a higher held-out loss than a large one at any setting, so on a shared ladder the small
+regimes' trials (their baselines included) are stopped for their regime, not their config, and the regimes
+where memorization matters most end up with nothing searched to confirm.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ray.tune.schedulers import ASHAScheduler
+
+
+class PerCellASHA(ASHAScheduler):
+    """ASHA with one set of brackets per cell (`trial.config["regime"]`); everything else as Ray's."""
+
+    def __init__(self, **asha_kwargs):
+        super().__init__(**asha_kwargs)
+        self._fresh_brackets = copy.deepcopy(self._brackets)
+        self._cell_brackets: dict[str, list] = {}
+
+    def on_trial_add(self, tune_controller, trial):
+        cell = trial.config.get("regime", "")
+        # ASHA assigns the trial to one of `self._brackets`; make those the cell's own before it does.
+        self._brackets = self._cell_brackets.setdefault(cell, copy.deepcopy(self._fresh_brackets))
+        super().on_trial_add(tune_controller, trial)
