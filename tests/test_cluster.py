@@ -1,8 +1,12 @@
-"""Scale-out: the `ray up` configs validated by Ray's own cluster launcher code (cloud provider mocked), a study
-trial whose DDP workers span nodes and survive losing one, and a study tracked by a real `mlflow server`."""
+"""Scale-out: the `ray up` configs validated by Ray's own cluster launcher code (cloud provider mocked), their head's
+MLflow start and stop run in a shell, a study trial whose DDP workers span nodes and survive losing one, and a
+study tracked by a real `mlflow server`. tests/cluster_launch/launch.py launches cluster-local.yaml for real."""
 
+import contextlib
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -54,18 +58,21 @@ def _commands(config: dict, key: str) -> str:
     return "\n".join(config[key])
 
 
-PRIVATE_IP = "$(hostname -I | awk '{print $1}')"  # the node's first (VPC-private) address
-
-
-def _check_mlflow_server(config: dict, artifacts_prefix: str) -> None:
-    """An MLflow server started on the head: sqlite, artifacts proxied to shared storage, private address only."""
-    line = next(line for line in config["head_start_ray_commands"] if "mlflow server" in line)
-    assert "--backend-store-uri sqlite:///" in line
+def _check_mlflow_server(config: dict, artifacts_prefix: str, head_ip: str) -> None:
+    """An MLflow server on the head: basic-auth, sqlite, artifacts proxied to shared storage, on the head's address
+    only, with its own PID recorded and a `ray stop` (what `ray down` runs on the head) that stops it first."""
+    start = config["head_start_ray_commands"]
+    line = next(line for line in start if "mlflow server" in line)
+    assert "--app-name basic-auth" in line and "--backend-store-uri sqlite:///" in line
     assert f"--artifacts-destination {artifacts_prefix}" in line
-    host = line.split("--host ", 1)[1]
-    assert host.startswith(PRIVATE_IP) or host.startswith("127.0.0.1"), host
-    assert "0.0.0.0" not in line and "::" not in line
-    assert any("SCOREAUG_TRACKING_URI=http://" + PRIVATE_IP + ":5000" in c for c in config["head_start_ray_commands"])
+    assert "--host $SCOREAUG_HEAD_IP --port 5000" in line and "0.0.0.0" not in line
+    # `... & echo $!` must background mlflow itself: the part before `&` is one simple command, not an and-list.
+    background = line.split(" & echo $! > ~/mlflow/server.pid")[0].rsplit(";", 1)[1]
+    assert "nohup mlflow server" in background and "&&" not in background and "||" not in background
+    assert any(f"head_ip={head_ip}" in c and "SCOREAUG_TRACKING_URI=http://$head_ip:5000" in c for c in start)
+    assert start[0] == ". ~/.scoreaug.env && ray stop"  # the `ray` function of ~/.scoreaug.env stops MLflow too
+    setup = _commands(config, "head_setup_commands")
+    assert '"mlflow[auth]"' in setup and "chmod 700 ~/mlflow" in setup and "umask 077" in setup
     assert "mlflow server" not in _commands(config, "worker_start_ray_commands")
 
 
@@ -80,9 +87,16 @@ def _check_common(config: dict) -> None:
     assert "pip install -q torch==2.13.0" in setup  # torch before the project: the project asks only torch>=2.4
     assert config["file_mounts"]["~/scoreaug-study"] == "." and "pip install -q -e ~/scoreaug-study" in setup
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "chmod 600 ~/.ray/auth_token" in setup  # rsync copies the token world-readable if it is so locally
+    assert "python3-venv" in setup  # `python3 -m venv` fails on a stock Ubuntu without it
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):  # token auth on every node
         start = next(c for c in config[key] if "ray start" in c)
         assert "export RAY_AUTH_MODE=token" in start, start
+        # A hard limit on open files below 65536 (20,000 seen) must not stop Ray from starting.
+        assert "{ ulimit -n 65536 2>/dev/null || ulimit -n hard; } && ray start" in start, start
+    # A GPU worker that cannot use its GPU fails its setup, on AWS and on-prem alike.
+    assert "nvidia-smi -L" in _commands(config, "worker_setup_commands")
+    assert "torch.cuda.is_available()" in _commands(config, "worker_setup_commands")
     head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     assert "--head" in head_start and "--dashboard-host=127.0.0.1" in head_start
 
@@ -108,7 +122,7 @@ def test_cluster_yaml_passes_ray_validation_and_keeps_the_contract():
     assert study.autoscaling
     _check_common(config)
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in _commands(config, "head_start_ray_commands")
-    _check_mlflow_server(config, "$SCOREAUG_S3/")
+    _check_mlflow_server(config, "$SCOREAUG_S3/", head_ip="$(hostname -I | awk '{print $1}')")
     assert "export SCOREAUG_S3=s3://" in _commands(config, "setup_commands")
     # Nothing reachable from the internet but the SSH rule Ray adds itself.
     for rule in config["provider"]["security_group"]["IpPermissions"]:
@@ -124,8 +138,72 @@ def test_cluster_local_yaml_passes_ray_validation():
     head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     assert "--resources='{\"trial_driver\": 64}'" in head_start and "--num-cpus=0" in head_start
     assert "trial_driver" not in _commands(config, "worker_start_ray_commands")
+    assert "--node-ip-address=$SCOREAUG_HEAD_IP" in head_start  # Ray and MLflow on provider.head_ip
     _check_common(config)
-    _check_mlflow_server(config, "$SCOREAUG_SHARED/")
+    _check_mlflow_server(config, "$SCOREAUG_SHARED/", head_ip="$(~/venv/bin/python -c")
+    assert "ray_bootstrap_config.yaml" in next(c for c in config["head_start_ray_commands"] if "head_ip=" in c)
+
+
+@pytest.mark.parametrize("path", [CLUSTER_YAML, CLUSTER_LOCAL_YAML], ids=lambda p: p.name)
+def test_head_records_mlflows_own_pid_and_ray_stop_stops_it(path, tmp_path):
+    """The head's own shell lines, run in bash with stand-ins for `mlflow` and `ray`: the PID file holds the MLflow
+    process itself, the login file is private, and `ray stop` in a shell that read ~/.scoreaug.env (as `ray down`'s
+    login shell does) stops MLflow before it runs Ray's own `ray stop`."""
+    config = yaml.safe_load(path.read_text())
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    (home / "venv" / "bin").mkdir(parents=True)
+    (home / "venv" / "bin" / "python").symlink_to(sys.executable)
+    bin_dir.mkdir()
+    (bin_dir / "mlflow").write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
+    (bin_dir / "ray").write_text('#!/bin/sh\necho "$@" >> "$HOME/ray-calls"\n')
+    for stand_in in bin_dir.iterdir():
+        stand_in.chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def bash(command: str) -> None:
+        done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+
+    (home / ".scoreaug.env").write_text(f"export SCOREAUG_SHARED={tmp_path}/shared SCOREAUG_S3={tmp_path}/s3\n"
+                                        "export SCOREAUG_HEAD_IP=127.0.0.1\n")
+    bash("mkdir -p ~/mlflow && chmod 700 ~/mlflow")  # head_setup_commands[0] without its pip install
+    for command in config["head_setup_commands"][1:]:
+        bash(command)
+    assert oct((home / "mlflow" / "auth.env").stat().st_mode & 0o777) == "0o600"
+    bash(next(c for c in config["head_start_ray_commands"] if "mlflow server" in c))
+    pid = int((home / "mlflow" / "server.pid").read_text())
+    try:
+        deadline = time.time() + 10
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        while cmdline[0] in ("bash", "nohup") and time.time() < deadline:  # the same PID, before it execs mlflow
+            time.sleep(0.05)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert cmdline[1:4] == [str(bin_dir / "mlflow"), "server", "--app-name"], cmdline  # mlflow, not a subshell
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        assert any(e.startswith("MLFLOW_AUTH_ADMIN_PASSWORD=") and len(e) > 40 for e in environ)
+        bash(config["head_start_ray_commands"][0])  # `. ~/.scoreaug.env && ray stop`
+        assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        assert (home / "ray-calls").read_text() == "stop\n" and not (home / "mlflow" / "server.pid").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_launch_test_changes_only_addresses_user_key_shared_folder_and_head_cpus():
+    """tests/cluster_launch/launch.py runs cluster-local.yaml as shipped, but for what must differ on one machine."""
+    spec = importlib.util.spec_from_file_location("cluster_launch", ROOT / "tests" / "cluster_launch" / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+
+    shipped = yaml.safe_load(CLUSTER_LOCAL_YAML.read_text())
+    derived = launch.derive_config(shipped, user="node", key="/tmp/key", shared="/tmp/shared", head_cpus=2)
+    changed = {key for key in shipped if derived[key] != shipped[key]}
+    assert changed == {"provider", "auth", "setup_commands", "head_start_ray_commands"}
+    assert derived["provider"] == {**shipped["provider"], "head_ip": "127.0.0.1", "worker_ips": []}
+    assert derived["auth"] == {"ssh_user": "node", "ssh_private_key": "/tmp/key"}
+    for key, old, new in (("setup_commands", "/mnt/shared/scoreaug", "/tmp/shared"),
+                          ("head_start_ray_commands", "--num-cpus=0", "--num-cpus=2")):
+        assert [c.replace(old, new) for c in shipped[key]] == derived[key] != shipped[key]
 
 
 def test_bad_cluster_yaml_is_rejected_by_the_same_validation(tmp_path):
@@ -178,7 +256,7 @@ def _train_workers(state) -> dict[str, str]:
 
 
 def _first_report_seen(output: Path) -> bool:
-    path = output / "mlflow_runs_search.json"
+    path = output / "trials_search.json"
     try:
         records = json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:
