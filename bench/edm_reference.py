@@ -1,17 +1,27 @@
-"""EDM's reference training step, re-implemented op for op, to time beside ours on the same host.
+"""EDM's training step for the benchmarks: NVlabs/edm's own code loaded from outside this repository, and a
+re-implementation of its operations for hosts that have no copy of it.
 
-The issue quotes EDM's own code (NVlabs/edm: `EDMPrecond` + `SongUNet` in its DDPM++ form + `EDMLoss` + an
-Adam step, fp32) at about 950 img/s on the 8x8 benchmark config and 1.5 img/s on DDPM++ CIFAR-10, measured
-on a 2-core machine of this kind on another day. This host's speed drifts by tens of percent between days,
-so a fixed number cannot say whether our step is faster; timing EDM's ops in the same process, interleaved
-with ours, can. This module is that baseline and nothing else: it mirrors the operations EDM's code runs
-(matmul linears, depthwise (transposed) convolutions with the [1, 1] filter for resampling, `F.dropout`,
-the einsum attention with its own backward, in-place adds) and its initialisation, not its API.
+`load_edm(source)` imports EDM's real `training/networks.py` and `training/loss.py` (and `training/augment.py`)
+from a checkout or a bare git directory of https://github.com/NVlabs/edm, extracted to a temporary folder: EDM's
+code is never copied into this project. Its `torch_utils.persistence` decorator (pickling with source code) is
+replaced by the identity, which changes no computation. bench/train_step.py times it beside our step.
+
+The rest of this module re-implements, op for op, what EDM's code runs (`EDMPrecond` + `SongUNet` in its DDPM++
+form + `EDMLoss` + an Adam step, fp32): matmul linears, depthwise (transposed) convolutions with the [1, 1] filter
+for resampling, `F.dropout`, the einsum attention with its own backward, in-place adds, and its initialisation,
+not its API. bench/network_step.py times it beside our network, and tests/test_networks.py checks that the two
+compute the same function.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -207,3 +217,30 @@ def edm_loss(net: EDMPrecond, images: torch.Tensor, augment_labels: torch.Tensor
     weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
     denoised = net(images + torch.randn_like(images) * sigma, sigma, augment_labels)
     return (weight * (denoised - images) ** 2).sum() / images.shape[0]
+
+
+EDM_FILES = ("dnnlib", "torch_utils", "training")
+
+
+def load_edm(source: str | Path, modules: tuple[str, ...] = ("networks", "loss")) -> types.SimpleNamespace:
+    """EDM's `training.<module>` modules from `source`: a checkout of NVlabs/edm (a folder holding
+    training/networks.py) or a git directory of one (read with `git archive` into a temporary folder).
+    `augment` also imports EDM's dnnlib, which needs `requests` and Python's distutils (3.11 or older)."""
+    source = Path(source).expanduser().resolve()
+    if (source / "training" / "networks.py").is_file():
+        root = source
+    elif (source / "HEAD").is_file() or (source / ".git").exists():
+        root = Path(tempfile.mkdtemp(prefix="nvlabs-edm-"))
+        archive = subprocess.run(["git", f"--git-dir={source / '.git' if (source / '.git').exists() else source}",
+                                  "archive", "HEAD", *EDM_FILES], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    else:
+        raise FileNotFoundError(f"{source} holds no NVlabs/edm code: give a checkout of https://github.com/NVlabs/edm "
+                                "(git clone https://github.com/NVlabs/edm DIR) or its git directory")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    torch_utils = importlib.import_module("torch_utils")
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence.persistent_class = lambda cls: cls
+    sys.modules["torch_utils.persistence"] = torch_utils.persistence = persistence
+    return types.SimpleNamespace(root=root, **{name: importlib.import_module(f"training.{name}") for name in modules})

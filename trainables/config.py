@@ -119,10 +119,26 @@ class EvalConfig(StrictModel):
 
 class RuntimeConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # autocast on GPU
-    compile: bool = False  # torch.compile on GPU
+    # Training steps' autocast. auto: bf16 where the device has native bf16 units (CUDA; a CPU with AMX or
+    # AVX-512 BF16), else fp32. Evaluation (sampling, loss probes) always runs in fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False  # torch.compile the network for training steps (a minute or more of compiling first)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads per worker; None: leave torch's default
     cache_dir: str | None = None  # FID reference statistics; None: ~/.cache/scoreaug/fid
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_bf16_key(cls, data: Any) -> Any:
+        """`bf16: true|false`, the old key, still reads as `precision: bf16|fp32`."""
+        if isinstance(data, dict) and "bf16" in data:
+            data = dict(data)
+            bf16 = data.pop("bf16")
+            if "precision" in data:
+                raise ValueError("bf16 is the old name of precision: give precision only")
+            if not isinstance(bf16, bool):
+                raise ValueError(f"bf16 must be true or false (got {bf16!r}); it is the old name of precision")
+            data["precision"] = "bf16" if bf16 else "fp32"
+        return data
 
 
 class TrialConfig(StrictModel):

@@ -48,11 +48,17 @@ def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
     return net.module if hasattr(net, "module") else net
 
 
-def _seeded(*parts: int) -> torch.Generator:
+def _seeded(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
     seed = 0
     for part in parts:
         seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device).manual_seed(seed)
+
+
+def _generators(config: TrialConfig, rank: int, device: torch.device, *fresh: int) -> dict:
+    """Each rank's random streams: batch indices (CPU), and the loss's noise and transform draws, made on the
+    device so no per-step noise crosses from the host. `fresh` parts start new streams after a resume."""
+    return {"batch": _seeded(config.seed, rank, 1, *fresh), "loss": _seeded(config.seed, rank, 2, *fresh, device=device)}
 
 
 class Evaluator:
@@ -163,6 +169,72 @@ def _next_target(targets: list[int], nimg: int) -> int:
     return next((target for target in targets if target > nimg), targets[-1])
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bf16 matrix work runs on native units here: a CUDA GPU that supports it, or a CPU with AMX or
+    AVX-512 BF16 (oneDNN uses them for bf16 convolutions). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return torch.backends.mkldnn.is_available() and any(native)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype training steps autocast to, or None for fp32. `auto` is bf16 where bf16 is native: measured
+    faster than fp32 and, at the demo's budget, equivalent to it in losses and FID (docs/performance.md)."""
+    if precision == "bf16" or (precision == "auto" and bf16_is_native(device)):
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    """The training step as every trial runs it: a batch from the in-memory pool, the ScoreAug loss under the
+    configured precision, backward, the learning-rate ramp, Adam and the EMA update. bench/train_step.py times
+    this same object beside EDM's step."""
+
+    def __init__(self, config: TrialConfig, net: torch.nn.Module, device: torch.device, prepare=None, world: int = 1):
+        tc, rt = config.train, config.runtime
+        self.config, self.device, self.world = config, device, world
+        self.net = net.to(device)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+        self.loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+        self.model = prepare(self.net) if prepare else self.net  # what the loss calls: DDP-wrapped where distributed
+        if rt.compile:
+            self.model = torch.compile(self.model)
+        self.dtype = autocast_dtype(rt.precision, device)
+        self.local_batch = max(1, tc.batch_size // world)
+        self.global_batch = self.local_batch * world
+
+    def step(self, pool: torch.Tensor, generators: dict, state: TrainState) -> torch.Tensor:
+        """One optimizer step on a batch drawn from `pool` (uint8, on the device); returns the batch's mean loss,
+        the same on every rank. Raises TrainingDiverged, on every rank alike, when it is not finite."""
+        tc = self.config.train
+        self.model.train()
+        index = torch.randint(pool.shape[0], (self.local_batch,), generator=generators["batch"]).to(self.device)
+        images = to_signed(pool[index])
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss = self.loss_fn(self.model, images, generators["loss"]).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        observed = loss.detach()
+        if self.world > 1 and _distributed():  # every rank must see the same verdict, or DDP hangs
+            observed = observed.clone()
+            dist.all_reduce(observed)
+            observed /= self.world
+        if not torch.isfinite(observed):
+            raise TrainingDiverged(f"training loss is {observed.item()} at kimg {state.kimg:.3f}", state.kimg)
+        lr_scale = min(state.nimg / max(tc.lr_rampup_kimg * 1000, 1e-8), 1.0) if tc.lr_rampup_kimg > 0 else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr * max(lr_scale, 1e-8)
+        self.optimizer.step()
+        state.nimg += self.global_batch
+        state.step += 1
+        _update_ema(self.ema, self.net, _ema_beta(self.config, state.nimg, self.global_batch))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return observed
+
+
 def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     """Train one trial to `train.total_kimg`, reporting every eval point through `session`; returns the reports."""
     if config.runtime.threads:
@@ -176,43 +248,37 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     pool = dataset.train[regime].to(device)
 
     torch.manual_seed(config.seed)
-    arch = config.resolved_model()
-    net = build_denoiser(dataset.resolution, dataset.channels, AUG_DIM, **arch).to(device)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+    net = build_denoiser(dataset.resolution, dataset.channels, AUG_DIM, **config.resolved_model())
+    trainer = Trainer(config, net, device, prepare=session.prepare, world=world)
     state = TrainState()
-    generators = {"batch": _seeded(config.seed, rank, 1), "loss": _seeded(config.seed, rank, 2)}
+    generators = _generators(config, rank, device)
 
-    resume_dir = session.latest_checkpoint()
-    if resume_dir is not None:
-        saved = load_checkpoint(resume_dir, map_location=device)
-        net.load_state_dict(saved["net"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
+    with session.resume_checkpoint() as resume_dir:  # the folder lives only as long as this block
+        saved = load_checkpoint(resume_dir, map_location=device) if resume_dir is not None else None
+    if saved is not None:
+        trainer.net.load_state_dict(saved["net"])
+        trainer.ema.load_state_dict(saved["ema"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
         state.nimg, state.step = int(saved["nimg"]), int(saved["step"])
         rng = saved.get("rng", {})
         if rng.get("world_size") == world:
             for name, gen in generators.items():
-                gen.set_state(rng[name][rank])
+                gen.set_state(rng[name][rank].cpu())
         else:  # a different worker count: fresh, still deterministic streams
-            generators = {"batch": _seeded(config.seed, rank, 1, state.step), "loss": _seeded(config.seed, rank, 2, state.step)}
+            generators = _generators(config, rank, device, state.step)
         session.truncate_metrics(state.kimg)
         if rank == 0:
             log(f"resumed from {resume_dir} at kimg {state.kimg:.3f}")
     if rank == 0:
         balance = ", class-balanced" if config.class_balanced and dataset.train_labels is not None else ""
+        precision = "bf16 autocast" if trainer.dtype is not None else "fp32"
         log(f"{config.dataset}: {pool.shape[0]} of {dataset.train.shape[0]} training images{balance}, "
-            f"network {count_parameters(net) / 1e6:.3f} M parameters, device {device}, {world} worker(s)")
+            f"network {count_parameters(trainer.net) / 1e6:.3f} M parameters, device {device}, {world} worker(s), "
+            f"{precision}{', compiled' if config.runtime.compile else ''}")
 
-    ddp = session.prepare(net)
-    if config.runtime.compile and device.type == "cuda":
-        ddp = torch.compile(ddp)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.runtime.bf16 and device.type == "cuda")
     evaluator = Evaluator(config, dataset, regime, device)
 
-    local_batch = max(1, tc.batch_size // world)
-    global_batch = local_batch * world
+    global_batch = trainer.global_batch
     total_nimg = int(round(tc.total_kimg * 1000))
     targets = _eval_targets(ev.points_kimg(tc.total_kimg), global_batch)
     next_eval = _next_target(targets, state.nimg)  # after a resume: the first point past the resumed kimg
@@ -222,28 +288,7 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
 
     while state.nimg < total_nimg:
         started = time.perf_counter()
-        ddp.train()
-        index = torch.randint(pool.shape[0], (local_batch,), generator=generators["batch"]).to(device)
-        images = to_signed(pool[index])
-        with autocast:
-            loss = loss_fn(ddp, images, generators["loss"]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        observed = loss.detach()
-        if world > 1 and _distributed():  # every rank must see the same verdict, or DDP hangs
-            observed = observed.clone()
-            dist.all_reduce(observed)
-        if not torch.isfinite(observed):
-            raise TrainingDiverged(f"training loss is {observed.item()} at kimg {state.kimg:.3f}", state.kimg)
-        lr_scale = min(state.nimg / max(tc.lr_rampup_kimg * 1000, 1e-8), 1.0) if tc.lr_rampup_kimg > 0 else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] = tc.lr * max(lr_scale, 1e-8)
-        optimizer.step()
-        state.nimg += global_batch
-        state.step += 1
-        _update_ema(ema, net, _ema_beta(config, state.nimg, global_batch))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        trainer.step(pool, generators, state)
         train_seconds += time.perf_counter() - started
         train_images += global_batch
         first_step_at = first_step_at or time.time()
@@ -256,14 +301,14 @@ def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
                 metrics["first_step_at"] = first_step_at
             train_seconds, train_images = 0.0, 0
             eval_started = time.perf_counter()
-            metrics.update(_evaluate(evaluator, ema, final or ev.fid_at == "every", rank, world))
+            metrics.update(_evaluate(evaluator, trainer.ema, final or ev.fid_at == "every", rank, world))
             metrics["eval_seconds"] = time.perf_counter() - eval_started  # sampling, sample metrics and loss probes
             if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)) and rank == 0:
                 log(f"warning: non-finite eval metrics at kimg {state.kimg:.3f}: {metrics}")
             checkpoint_dir = None
             if rank == 0:
                 checkpoint_dir = session.scratch_dir()
-                _save(checkpoint_dir, config, net, ema, optimizer, state, generators, world)
+                _save(checkpoint_dir, config, trainer.net, trainer.ema, trainer.optimizer, state, generators, world)
                 _save_pictures(checkpoint_dir, metrics.pop("_grid"), evaluator.regime_images)
                 log(_format(metrics))
             else:

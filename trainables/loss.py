@@ -20,7 +20,10 @@ def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 
 class ScoreAugLoss:
-    """A callable `loss(net, images, generator) -> per-sample loss`, in the shape of EDM's loss classes."""
+    """A callable `loss(net, images, generator) -> per-sample loss`, in the shape of EDM's loss classes.
+
+    Noise and transform draws come from `generator`, on its device: one batched draw per step, no per-sample work.
+    """
 
     def __init__(self, score_augment: ScoreAugConfig, clean_augment: AugmentConfig, diffusion: DiffusionConfig):
         self.score_augment = score_augment
@@ -30,8 +33,8 @@ class ScoreAugLoss:
     def __call__(self, net, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, size, device = images.shape[0], images.shape[-1], images.device
         d = self.diffusion
-        sigma = (torch.randn(n, generator=generator) * d.P_std + d.P_mean).exp().to(device)
-        noise = torch.randn(images.shape, generator=generator).to(device) * sigma.view(-1, 1, 1, 1)
+        sigma = (torch.randn(n, generator=generator, device=generator.device) * d.P_std + d.P_mean).exp().to(device)
+        noise = torch.randn(images.shape, generator=generator, device=generator.device).to(device) * sigma.view(-1, 1, 1, 1)
         clean_draw = draw_transforms(self.clean_augment, n, size, generator).to(device)
         score_draw = draw_transforms(self.score_augment, n, size, generator).to(device)
 

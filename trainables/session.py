@@ -6,10 +6,13 @@ checkpoint is, and how to report an eval point. That keeps one loop for both way
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ContextManager, Protocol
 
 import torch
 
@@ -20,6 +23,29 @@ def auto_device(preference: str) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+class TrialSession(Protocol):
+    """What the worker loop needs of where it runs."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def resume_checkpoint(self) -> ContextManager[Path | None]:
+        """The newest checkpoint's folder for the length of the block (None: start from scratch)."""
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The network on this worker's device, wrapped for DDP where there are several workers."""
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        """One eval point's metrics, with the checkpoint written for it (the session takes the folder over)."""
+
+    def truncate_metrics(self, kimg: float) -> None:
+        """Forget reports past `kimg` (a resumed run repeats them)."""
+
+    def scratch_dir(self) -> Path:
+        """An empty folder to write the next checkpoint into."""
 
 
 class LocalSession:
@@ -37,6 +63,10 @@ class LocalSession:
     def latest_checkpoint(self) -> Path | None:
         found = sorted(p for p in (self.output / "checkpoints").glob("kimg-*") if (p / CHECKPOINT_FILE).is_file())
         return found[-1] if found else None
+
+    @contextlib.contextmanager
+    def resume_checkpoint(self) -> Iterator[Path | None]:
+        yield self.latest_checkpoint()
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         return net.to(self.device)
@@ -80,18 +110,20 @@ class RayTrainSession:
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._checkpoint = ray.train.get_checkpoint()
-        self._held = None
 
     def _report(self, metrics: dict, checkpoint) -> None:
         import ray.train
 
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    def latest_checkpoint(self) -> Path | None:
+    @contextlib.contextmanager
+    def resume_checkpoint(self) -> Iterator[Path | None]:
+        """Ray's checkpoint as a local folder (downloaded from remote storage if need be), removed after the block."""
         if self._checkpoint is None:
-            return None
-        self._held = self._checkpoint.as_directory()
-        return Path(self._held.__enter__())
+            yield None
+            return
+        with self._checkpoint.as_directory() as folder:
+            yield Path(folder)
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -126,7 +158,6 @@ class TuneTrialSession(RayTrainSession):
 
         self.device = auto_device("auto")
         self._checkpoint = ray.tune.get_checkpoint()
-        self._held = None
 
     def _report(self, metrics: dict, checkpoint) -> None:
         import ray.tune

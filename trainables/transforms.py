@@ -56,45 +56,48 @@ def identity_draw(n: int, size: int, device: torch.device | str = "cpu") -> Tran
 
 
 def draw_transforms(policy: AugmentConfig, n: int, size: int, generator: torch.Generator) -> TransformDraw:
-    """With probability p per sample, one transform drawn uniformly from the policy's set (on CPU, for determinism)."""
-    enabled = torch.tensor([KIND[name] for name in policy.transforms] or [IDENTITY])
-    applied = torch.rand(n, generator=generator) < policy.p
-    choice = enabled[torch.randint(len(enabled), (n,), generator=generator)]
+    """With probability p per sample, one transform drawn uniformly from the policy's set: one batched draw on
+    the generator's device (the same numbers on any device type for a CPU generator)."""
+    device = generator.device
+    enabled = torch.tensor([KIND[name] for name in policy.transforms] or [IDENTITY], device=device)
+    applied = torch.rand(n, generator=generator, device=device) < policy.p
+    choice = enabled[torch.randint(len(enabled), (n,), generator=generator, device=device)]
     kind = torch.where(applied, choice, torch.full_like(choice, IDENTITY))
 
     max_shift = max(1, round(policy.translate_max * size))
     log_b = math.log(policy.brightness_max)
     cut_lo = max(1, round(policy.cutout_min * size))
     cut_hi = max(cut_lo, round(policy.cutout_max * size))
-    cut_size = torch.randint(cut_lo, cut_hi + 1, (n,), generator=generator)
+    cut_size = torch.randint(cut_lo, cut_hi + 1, (n,), generator=generator, device=device)
     room = (size - cut_size + 1).unsqueeze(1)
     return TransformDraw(
         kind=kind,
-        rot_k=torch.randint(1, 4, (n,), generator=generator),
-        shift=torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator),
-        scale=torch.exp((torch.rand(n, generator=generator) * 2 - 1) * log_b),
+        rot_k=torch.randint(1, 4, (n,), generator=generator, device=device),
+        shift=torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator, device=device),
+        scale=torch.exp((torch.rand(n, generator=generator, device=device) * 2 - 1) * log_b),
         cut_size=cut_size,
-        cut_origin=(torch.rand(n, 2, generator=generator) * room).long(),
+        cut_origin=(torch.rand(n, 2, generator=generator, device=device) * room).long(),
         size=size,
         labelled=policy.use_label,
     )
 
 
-def _select(mask: torch.Tensor, transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), transformed, images)
-
-
-def _translate(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Integer shift with zero padding, one shift per sample, by gathering from a padded copy."""
-    n, _, h, w = images.shape
-    pad = int(shift.abs().max().item()) if shift.numel() else 0
-    if pad == 0:
-        return images
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    rows = torch.arange(h, device=images.device).view(1, h) + pad - shift[:, 1:2]
-    cols = torch.arange(w, device=images.device).view(1, w) + pad - shift[:, 0:1]
-    batch = torch.arange(n, device=images.device).view(n, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+def _source_pixels(draw: TransformDraw, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample and output pixel, the input pixel it shows ([N, H, W] rows and columns; out of range
+    where a translation brings in zeros). Flips, quarter turns and shifts are all pixel moves."""
+    device = draw.kind.device
+    y = torch.arange(h, device=device).view(1, h, 1).expand(draw.kind.shape[0], h, w)
+    x = torch.arange(w, device=device).view(1, 1, w).expand_as(y)
+    k = torch.where(draw.is_("rot90"), draw.rot_k, 0).view(-1, 1, 1)
+    # torch.rot90 by k quarter turns, dims (-2, -1), of a square image: out[y, x] = in[x, w-1-y], in[h-1-y, w-1-x], in[h-1-x, y]
+    rows = torch.where(k == 1, x, torch.where(k == 2, h - 1 - y, torch.where(k == 3, h - 1 - x, y)))
+    cols = torch.where(k == 1, w - 1 - y, torch.where(k == 2, w - 1 - x, torch.where(k == 3, y, x)))
+    rows = torch.where(draw.is_("vflip").view(-1, 1, 1), h - 1 - rows, rows)
+    cols = torch.where(draw.is_("hflip").view(-1, 1, 1), w - 1 - cols, cols)
+    translating = draw.is_("translate").view(-1, 1, 1)
+    rows = rows - torch.where(translating, draw.shift[:, 1].view(-1, 1, 1), 0)
+    cols = cols - torch.where(translating, draw.shift[:, 0].view(-1, 1, 1), 0)
+    return rows, cols
 
 
 def _cutout_keep(draw: TransformDraw, h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -105,24 +108,23 @@ def _cutout_keep(draw: TransformDraw, h: int, w: int, device: torch.device) -> t
     size = draw.cut_size.view(-1, 1, 1)
     inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
     inside &= draw.is_("cutout").view(-1, 1, 1)
-    return (~inside).unsqueeze(1)
+    return ~inside
 
 
 def apply_transform(images: torch.Tensor, draw: TransformDraw) -> torch.Tensor:
-    """T_w(images) for each sample's own w; a linear map, so it applies to noisy and clean images alike."""
-    out = _select(draw.is_("hflip"), images.flip(-1), images)
-    out = _select(draw.is_("vflip"), out.flip(-2), out)
-    rotating = draw.is_("rot90")
-    if bool(rotating.any()):
-        for quarter_turns in (1, 2, 3):
-            mask = rotating & (draw.rot_k == quarter_turns)
-            out = _select(mask, torch.rot90(out, quarter_turns, dims=(-2, -1)), out)
-    translating = draw.is_("translate")
-    if bool(translating.any()):
-        out = _select(translating, _translate(out, draw.shift * translating.unsqueeze(1)), out)
-    factor = torch.where(draw.is_("brightness"), draw.scale, torch.ones_like(draw.scale))
-    out = out * factor.view(-1, 1, 1, 1).to(out.dtype)
-    return out * _cutout_keep(draw, out.shape[-2], out.shape[-1], out.device).to(out.dtype)
+    """T_w(images) for each sample's own w; a linear map, so it applies to noisy and clean images alike.
+
+    One gather moves every sample's pixels (flip, quarter turn or shift) and one multiply applies brightness,
+    cutout and the zeros a shift brings in: the same few kernels whatever the draw, and no host sync.
+    """
+    n, c, h, w = images.shape
+    rows, cols = _source_pixels(draw, h, w)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
+    moved = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    factor = torch.where(draw.is_("brightness"), draw.scale, torch.ones_like(draw.scale)).view(-1, 1, 1)
+    mask = (inside & _cutout_keep(draw, h, w, images.device)).to(images.dtype) * factor.to(images.dtype)
+    return moved * mask.unsqueeze(1)
 
 
 def transform_label(draw: TransformDraw) -> torch.Tensor:
