@@ -224,16 +224,19 @@ EDM_FILES = ("dnnlib", "torch_utils", "training")
 
 def load_edm(source: str | Path, modules: tuple[str, ...] = ("networks", "loss")) -> types.SimpleNamespace:
     """EDM's `training.<module>` modules from `source`: a checkout of NVlabs/edm (a folder holding
-    training/networks.py) or a git directory of one (read with `git archive` into a temporary folder).
+    training/networks.py) or a bare git directory of one (its HEAD extracted once into the temporary folder).
     `augment` also imports EDM's dnnlib, which needs `requests` and Python's distutils (3.11 or older)."""
     source = Path(source).expanduser().resolve()
     if (source / "training" / "networks.py").is_file():
         root = source
-    elif (source / "HEAD").is_file() or (source / ".git").exists():
-        root = Path(tempfile.mkdtemp(prefix="nvlabs-edm-"))
-        archive = subprocess.run(["git", f"--git-dir={source / '.git' if (source / '.git').exists() else source}",
-                                  "archive", "HEAD", *EDM_FILES], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    elif (source / "HEAD").is_file():
+        git = ["git", f"--git-dir={source}"]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+        root = Path(tempfile.gettempdir()) / f"nvlabs-edm-{commit[:12]}"
+        if not (root / "training" / "networks.py").is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run([*git, "archive", "HEAD", *EDM_FILES], check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     else:
         raise FileNotFoundError(f"{source} holds no NVlabs/edm code: give a checkout of https://github.com/NVlabs/edm "
                                 "(git clone https://github.com/NVlabs/edm DIR) or its git directory")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The first run on a CUDA GPU, in one command: on one H100/H200-class GPU it finishes in about 8 minutes from a
-# bare machine (a fresh checkout, the machine's own CUDA build of torch) and writes one JSON.
+# The first run on a CUDA GPU, in one command: on one H100/H200-class GPU it is planned to finish in about 8 minutes
+# from a bare machine (a fresh checkout, the machine's own CUDA build of torch; not yet run on a GPU), writing one JSON.
 #
 #   bash bench/gpu_check.sh                  # in the repository root, on a machine with one CUDA GPU
 #   bash bench/gpu_check.sh --wheels DIR     # offline: the project's dependencies from wheels in DIR
@@ -8,8 +8,8 @@
 #   PYTHON=/opt/venv/bin/python bash bench/gpu_check.sh    # an interpreter other than python3
 #
 # Steps, each timed and logged; one failing does not stop the next:
-#   install     only where the dependencies are missing: pip install --no-build-isolation -e '.[test]' (from PyPI,
-#               or --wheels DIR with --no-index), which keeps the machine's CUDA torch (it satisfies torch>=2.4)
+#   install     only where a dependency is missing: pip install --no-build-isolation -e '.[test]' from PyPI, which
+#               keeps the machine's CUDA torch (it satisfies torch>=2.4); --wheels DIR: every wheel in DIR, no index
 #   cuda_tests  pytest -m cuda tests/test_cuda.py: the trainer, the sampler and FID on cuda, bf16, torch.compile
 #   throughput  bench/train_step.py: DDPM++ CIFAR-10 at batch 512 (BATCH=N another; a variant out of memory is reported),
 #               fp32, bf16 and bf16 + compile: img/s, FLOPs per image (torch.utils.flop_counter), MFU against
@@ -67,8 +67,8 @@ step() {  # step NAME COMMAND...: run it, log to $WORK/NAME.log, record its exit
 install() {
     if "$PYTHON" -c "import torch, ray.train, ray.tune, optuna, mlflow, pydantic, pytest, trainables.loop" 2>/dev/null; then
         echo "dependencies present; nothing installed"
-    elif [ -n "$WHEELS" ]; then
-        "$PYTHON" -m pip install --no-index --find-links "$WHEELS" --no-build-isolation -e ".[test]"
+    elif [ -n "$WHEELS" ]; then  # whatever wheels DIR holds; the project itself runs from here (PYTHONPATH)
+        "$PYTHON" -m pip install --no-index --no-deps "$WHEELS"/*.whl
     else
         "$PYTHON" -m pip install --no-build-isolation -e ".[test]"
     fi

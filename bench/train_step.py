@@ -41,8 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import edm_reference  # noqa: E402  (bench/, beside this file)
-from trainables.config import load_trial_config  # noqa: E402
 from trainables import loop  # noqa: E402
+from trainables.config import load_trial_config  # noqa: E402
 from trainables.loop import Trainer, TrainState  # noqa: E402
 from trainables.loss import AUG_DIM  # noqa: E402
 from trainables.networks import MODEL_PRESETS, build_denoiser, count_parameters  # noqa: E402
@@ -147,7 +147,7 @@ class Ours:
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def network_pass(self):
-        """The network's forward and backward alone, as the loss runs it (same autocast, batch and labels)."""
+        """The network's forward and backward alone, uncompiled, under the step's autocast: what FLOPs are counted on."""
         t = self.trainer
         x = torch.randn(self.batch, *self.pool.shape[1:], device=self.device)
         sigma, labels = torch.full((self.batch,), 0.5, device=self.device), torch.zeros(self.batch, AUG_DIM, device=self.device)
@@ -155,7 +155,7 @@ class Ours:
         def run():
             t.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                out = t.model(x, sigma, labels)
+                out = t.net(x, sigma, labels)
             out.float().square().mean().backward()
         return run
 
@@ -320,6 +320,8 @@ def measure(case: Case, steppers: list, rounds: int, warmup: int, min_seconds: f
             steppers.remove(s)
             del s
             torch.cuda.empty_cache()
+    if not steppers:
+        return dict(**asdict(case), device=str(device), rows=[], skipped=skipped)
     steps = {s.name: max(1, math.ceil(min_seconds / step_s[s.name])) for s in steppers}
     img_s = {s.name: [] for s in steppers}
     for round_ in range(rounds):
@@ -357,6 +359,8 @@ def print_table(results: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
+        for name, why in r["skipped"].items():
+            print(f"{r['name']:<13} {name:<22} skipped: {why}")
         for row in r["rows"]:
             o = row["outside_share"]
             mfu = f"{row['mfu']:.1%}" if row.get("mfu") else "-"
