@@ -182,7 +182,17 @@ def test_head_records_mlflows_own_pid_and_ray_stop_stops_it(path, tmp_path):
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
         assert any(e.startswith("MLFLOW_AUTH_ADMIN_PASSWORD=") and len(e) > 40 for e in environ)
         bash(config["head_start_ray_commands"][0])  # `. ~/.scoreaug.env && ray stop`
-        assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+
+        def stopped() -> bool:  # gone, or a zombie nobody has reaped yet
+            try:
+                return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return True
+
+        deadline = time.time() + 30
+        while not stopped() and time.time() < deadline:  # polling the process state, not a fixed wait
+            time.sleep(0.05)
+        assert stopped()
         assert (home / "ray-calls").read_text() == "stop\n" and not (home / "mlflow" / "server.pid").exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
