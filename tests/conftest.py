@@ -52,7 +52,8 @@ def mlflow_server(backend: Path, artifacts: Path, port: int, log: Path):
     server = subprocess.Popen(
         [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{backend}", "--artifacts-destination",
          str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # job execution leaves a /dev/shm folder per server
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, server, log)
