@@ -175,7 +175,7 @@ def test_head_records_mlflows_own_pid_and_ray_stop_stops_it(path, tmp_path):
     try:
         deadline = time.time() + 10
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        while cmdline[0] in ("bash", "nohup") and time.time() < deadline:  # the same PID, before it execs mlflow
+        while cmdline[0] in ("bash", "nohup", "") and time.time() < deadline:  # the same PID, before (or while) it execs mlflow
             time.sleep(0.05)
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert cmdline[1:4] == [str(bin_dir / "mlflow"), "server", "--app-name"], cmdline  # mlflow, not a subshell
