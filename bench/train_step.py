@@ -44,8 +44,8 @@ import edm_reference  # noqa: E402  (bench/, beside this file)
 from trainables import loop  # noqa: E402
 from trainables.config import load_trial_config  # noqa: E402
 from trainables.loop import Trainer, TrainState  # noqa: E402
-from trainables.loss import AUG_DIM  # noqa: E402
-from trainables.networks import MODEL_PRESETS, build_denoiser, count_parameters  # noqa: E402
+from trainables.loss import AUG_DIM, build_trial_denoiser  # noqa: E402
+from trainables.networks import MODEL_PRESETS, count_parameters  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EDM_AUG_DIM = 9  # EDM's CIFAR-10 augmentation label size
@@ -125,7 +125,7 @@ class Ours:
         overrides += [f"runtime.precision={precision}" for precision in ("fp32", "bf16") if precision in flags]
         config = load_trial_config(None, overrides)
         torch.manual_seed(0)
-        net = build_denoiser(case.resolution, case.channels, AUG_DIM, **config.resolved_model())
+        net = build_trial_denoiser(config, case.resolution, case.channels)
         self.trainer = Trainer(config, net, device)
         self.net = self.trainer.net
         if "cl" in flags:

@@ -78,8 +78,8 @@ def test_bf16_compiled_trainer_steps():
 def test_sampler_on_cuda_matches_cpu():
     net = _net().eval()
     latents = seeded_latents(range(8), (1, 8, 8))
-    on_cpu = heun_sample(net, latents, 6, DiffusionConfig(), AUG_DIM)
-    on_gpu = heun_sample(net.to(CUDA), latents.to(CUDA), 6, DiffusionConfig(), AUG_DIM).cpu()
+    on_cpu = heun_sample(net, latents, 6, DiffusionConfig())
+    on_gpu = heun_sample(net.to(CUDA), latents.to(CUDA), 6, DiffusionConfig()).cpu()
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
 
 

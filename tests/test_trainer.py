@@ -11,8 +11,8 @@ from tests.conftest import ROOT, TINY_TRIAL
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.config import load_trial_config
 from trainables.data import DatasetError, load_cifar10, load_digits, regime_indices, regime_size
-from trainables.loop import _ema_beta, _update_ema, run_trial
-from trainables.loss import AUG_DIM, ScoreAugLoss
+from trainables.loop import _ema_beta, _update_ema, build_run, run_trial
+from trainables.loss import AUG_DIM, ScoreAugLoss, build_trial_denoiser, edm_weight
 from trainables.metrics import beside_nearest
 from trainables.networks import build_denoiser
 from trainables.session import LocalSession
@@ -39,9 +39,9 @@ def test_loss_decreases_on_a_tiny_problem():
     torch.manual_seed(0)
     config = load_trial_config(None, TINY_TRIAL + ["score_augment.p=0.5", "score_augment.transforms=[hflip,rot90]"])
     images = load_digits().train[:64].float() / 127.5 - 1
-    net = build_denoiser(8, 1, AUG_DIM, **config.resolved_model())
+    net = build_trial_denoiser(config, 8, 1)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+    loss_fn = ScoreAugLoss.from_configs(config.score_augment, config.clean_augment, config.diffusion)
 
     def fixed_loss():
         return loss_fn(net, images, torch.Generator().manual_seed(123)).mean().item()
@@ -148,3 +148,19 @@ def test_cli_trains_and_resumes(tmp_path):
     assert "resumed from" in result.stdout
     assert [m["kimg"] for m in _metrics(out)] == [0.128, 0.256]
     assert {"train_loss", "test_loss", "loss_gap", "img_per_sec", "memorization"} <= set(_metrics(out)[-1])
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 0.8])
+def test_sigma_data_reaches_the_preconditioner(tmp_path, sigma_data):
+    """diffusion.sigma_data sets the trial network's c_skip/c_out/c_in, not only the loss weight: with the raw
+    network's output zeroed, D(x; sigma) = c_skip x, and lambda(sigma) c_out^2 = 1 holds for the trained pair."""
+    config = load_trial_config(None, TINY_TRIAL + [f"diffusion.sigma_data={sigma_data}"])
+    net = build_run(config, LocalSession(tmp_path)).trainer.net
+    assert net.sigma_data == sigma_data
+    with torch.no_grad():
+        net.model.out_conv.weight.zero_()
+        net.model.out_conv.bias.zero_()
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor(1.3)
+    assert torch.allclose(net(x, sigma), x * sigma_data**2 / (sigma**2 + sigma_data**2))
+    c_out = sigma * net.sigma_data / (sigma**2 + net.sigma_data**2).sqrt()
+    assert torch.isclose(edm_weight(sigma, config.diffusion.sigma_data) * c_out**2, torch.tensor(1.0))

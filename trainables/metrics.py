@@ -26,16 +26,16 @@ class DenoisingProbe:
         self.sigma_data = sigma_data
 
     @torch.no_grad()
-    def loss(self, net, aug_dim: int, batch_size: int = 512) -> float:
+    def loss(self, net, batch_size: int = 512) -> float:
+        """The mean weighted loss of the unconditional denoiser `net`."""
         device = self.images.device
-        labels = torch.zeros(self.images.shape[0], aug_dim, device=device)
         total = 0.0
         for sigma, noise in zip(self.sigmas, self.noise):
             sigma_vec = sigma.to(device).expand(self.images.shape[0])
             noisy = self.images + noise.to(device) * sigma
             for start in range(0, self.images.shape[0], batch_size):
                 part = slice(start, start + batch_size)
-                denoised = net(noisy[part], sigma_vec[part], labels[part]).float()
+                denoised = net(noisy[part], sigma_vec[part]).float()
                 total += (edm_weight(sigma, self.sigma_data) * (denoised - self.images[part]) ** 2).mean((1, 2, 3)).sum().item()
         return total / (len(self.sigmas) * self.images.shape[0])
 

@@ -265,7 +265,8 @@ class EDMPrecond(nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor | float, aug_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x [N, C, H, W]; sigma a scalar, [N] or [N, 1, 1, 1]; aug_labels [N, aug_dim] or None (identity)."""
+        """x [N, C, H, W]; sigma a scalar, [N] or [N, 1, 1, 1]; aug_labels [N, aug_dim], or None for the unconditional
+        denoiser that sampling and the loss probes use (the identity label, bit for bit)."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
@@ -291,8 +292,10 @@ def build_denoiser(
     num_blocks: int,
     attn_resolutions: list[int],
     dropout: float,
+    sigma_data: float = SIGMA_DATA,
 ) -> EDMPrecond:
-    """The preconditioned DDPM++ denoiser for `img_channels` x `img_resolution`^2 images."""
+    """The preconditioned DDPM++ denoiser for `img_channels` x `img_resolution`^2 images whose standard deviation
+    is `sigma_data`: the loss weight must use the same value, or c_skip/c_out/c_in no longer match lambda(sigma)."""
     model = SongUNet(
         img_resolution=img_resolution,
         in_channels=img_channels,
@@ -304,7 +307,7 @@ def build_denoiser(
         attn_resolutions=attn_resolutions,
         dropout=dropout,
     )
-    return EDMPrecond(model, img_resolution=img_resolution, img_channels=img_channels)
+    return EDMPrecond(model, img_resolution=img_resolution, img_channels=img_channels, sigma_data=sigma_data)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from trainables.catalog import DATASETS
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError
 from trainables.data import FIXED_SHAPES, DatasetShape, dataset_shape
@@ -36,19 +37,18 @@ def check_trial(config: TrialConfig, shape: DatasetShape | None = None, on_this_
 def _shape_without_files(config: TrialConfig) -> DatasetShape | None:
     if config.dataset in FIXED_SHAPES:
         return FIXED_SHAPES[config.dataset]
-    resolution = config.resolution or (32 if config.dataset == "synthetic" else None)
+    resolution = config.resolution or DATASETS[config.dataset].default_resolution
     return DatasetShape(3, resolution) if resolution else None
 
 
 def _check_network(config: TrialConfig, shape: DatasetShape) -> None:
     """Build the network on the meta device: every shape check runs, no memory is allocated."""
-    from trainables.loss import AUG_DIM
-    from trainables.networks import build_denoiser
+    from trainables.loss import build_trial_denoiser
 
     arch = config.resolved_model()
     try:
         with torch.device("meta"):
-            build_denoiser(shape.resolution, shape.channels, AUG_DIM, **arch)
+            build_trial_denoiser(config, shape.resolution, shape.channels)
     except (ValueError, AssertionError, RuntimeError, ZeroDivisionError, IndexError) as err:
         given = ", ".join(f"{k}={arch[k]}" for k in ("model_channels", "channel_mult", "num_blocks", "attn_resolutions"))
         raise ConfigError(f"model: no U-Net of {given} at {shape.resolution}x{shape.resolution} "

@@ -1,4 +1,4 @@
-"""EDM's deterministic Heun sampler, with the identity augmentation label."""
+"""EDM's deterministic Heun sampler, run on the unconditional denoiser (no augmentation label)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ def edm_sigmas(num_steps: int, diffusion: DiffusionConfig, device: torch.device 
 
 
 @torch.no_grad()
-def heun_sample(net, latents: torch.Tensor, num_steps: int, diffusion: DiffusionConfig, aug_dim: int) -> torch.Tensor:
+def heun_sample(net, latents: torch.Tensor, num_steps: int, diffusion: DiffusionConfig) -> torch.Tensor:
     """Heun's 2nd-order ODE solve (EDM Algorithm 1 with S_churn = 0); latents are unit Gaussian."""
     sigmas = edm_sigmas(num_steps, diffusion, latents.device)
-    labels = torch.zeros(latents.shape[0], aug_dim, device=latents.device)
     x = latents.to(torch.float64) * sigmas[0]
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        denoised = net(x.float(), sigma.float().expand(x.shape[0]), labels).to(torch.float64)
+        denoised = net(x.float(), sigma.float().expand(x.shape[0])).to(torch.float64)
         slope = (x - denoised) / sigma
         x_next = x + (sigma_next - sigma) * slope
         if i < num_steps - 1:
-            denoised_next = net(x_next.float(), sigma_next.float().expand(x.shape[0]), labels).to(torch.float64)
+            denoised_next = net(x_next.float(), sigma_next.float().expand(x.shape[0])).to(torch.float64)
             x_next = x + (sigma_next - sigma) * 0.5 * (slope + (x_next - denoised_next) / sigma_next)
         x = x_next
     return x.float()

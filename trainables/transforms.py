@@ -82,6 +82,25 @@ def draw_transforms(policy: AugmentConfig, n: int, size: int, generator: torch.G
     )
 
 
+class AugmentPipe:
+    """A batch's transform draws under one policy: what a loss is handed, as EDM's loss is handed its augment_pipe.
+
+    Without a policy it is the identity pipe and draws nothing. A policy with p = 0 also yields only identities,
+    but still draws its parameters, so a baseline's noise stream is the one every earlier study drew.
+    """
+
+    def __init__(self, policy: AugmentConfig | None = None):
+        self.policy = policy
+
+    def __call__(self, n: int, size: int, generator: torch.Generator) -> TransformDraw:
+        if self.policy is None:
+            return identity_draw(n, size, generator.device)
+        return draw_transforms(self.policy, n, size, generator)
+
+
+IDENTITY_PIPE = AugmentPipe()
+
+
 def _source_pixels(draw: TransformDraw, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each sample and output pixel, the input pixel it shows ([N, H, W] rows and columns; out of range
     where a translation brings in zeros). Flips, quarter turns and shifts are all pixel moves."""
