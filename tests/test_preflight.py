@@ -6,7 +6,6 @@ real run rejects at trial start-up. The image-folder loader is tested on real fi
 
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -72,14 +71,12 @@ def test_inputs_that_cannot_run_fail_in_one_line_before_ray_starts(tmp_path, dry
     for sets, expected in _inputs(tmp_path):
         output = tmp_path / "out"
         args = [sys.executable, "study/run.py", "--output", str(output), *sum((["--set", s] for s in sets), [])]
-        started = time.monotonic()
         result = subprocess.run(args + (["--dry-run"] if dry_run else []), cwd=ROOT, capture_output=True, text=True, timeout=60)
-        elapsed = time.monotonic() - started
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         ok = (result.returncode == 2 and len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
               and not (output / "study_state.json").exists() and not (output / "tune").exists())
-        if not ok or elapsed > 10:
-            failures.append(f"{sets}: rc {result.returncode}, {elapsed:.1f} s, stderr {result.stderr[-600:]!r}")
+        if not ok:
+            failures.append(f"{sets}: rc {result.returncode}, stderr {result.stderr[-600:]!r}")
     assert not failures, "\n".join(failures)
 
 
