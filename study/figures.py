@@ -148,12 +148,14 @@ def curves_figure(curves: list[dict], folder: Path, threshold: float = 0.1) -> l
     return paths
 
 
-def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid_floor: float | None = None) -> list[Path]:
+def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid_floor: float | None = None,
+                   onset_threshold: float = 0.1) -> list[Path]:
     """The report's main figure: memorization, its onset, the loss gap and FID against training-set size.
 
     (a) maximum memorization over snapshots (bars: seed interval) with the 50%/90% levels and each arm's N50 and EMM
     (bars: bootstrap interval); (b) median onset kimg with each arm's linear fit, open markers at the top where most
-    seeds never reached onset; (c) loss gap and (d) best held-out FID, mean and seed std. Points of different
+    seeds never reached onset; (c) loss gap and (d) best held-out FID, mean and seed std, and (open markers) the best
+    among the eval points that copy less than `onset_threshold`, so quality is compared at matched memorization. Points of different
     arms at one size are shifted slightly sideways so their bars do not hide each other.
     """
     if not summary["per_size"]:  # no seeded re-run completed: nothing to draw
@@ -193,6 +195,10 @@ def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid
             if found:
                 ax.errorbar([e["images"] * shift(i) for e in found], [e[f"{metric}_mean"] for e in found],
                             yerr=[_or(e.get(f"{metric}_std"), 0.0) for e in found], capsize=3, **line)
+        uncopied = points(arm, capacity, "uncopied_fid_test_mean")  # quality at matched memorization: no copies rewarded
+        if uncopied:
+            fid.plot([e["images"] * shift(i) for e in uncopied], [e["uncopied_fid_test_mean"] for e in uncopied], color=line["color"],
+                     linestyle=":", linewidth=1, marker=line["marker"], markerfacecolor="white", markeredgecolor=line["color"])
         reached = points(arm, capacity, "onset_kimg_median")
         if reached:
             onset.plot([e["images"] * shift(i) for e in reached], [e["onset_kimg_median"] for e in reached],
@@ -233,9 +239,14 @@ def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid
     if onset.get_legend_handles_labels()[0]:
         onset.legend(fontsize=7)
     gap.axhline(0.0, color="k", linestyle=":", linewidth=1)
+    keys = []
     if fid_floor is not None:
-        floor = fid.axhline(fid_floor, color="gray", linestyle=":", label="real-vs-real floor")
-        fid.legend(handles=[floor], fontsize=7)
+        keys.append(fid.axhline(fid_floor, color="gray", linestyle=":", label="real-vs-real floor"))
+    if any(e.get("uncopied_fid_test_mean") is not None for e in per_size):
+        keys += fid.plot([], [], color="gray", linestyle=":", marker="o", markerfacecolor="white",
+                         label=f"open: best while memorization < {onset_threshold:g}")
+    if keys:
+        fid.legend(handles=keys, fontsize=7)
 
     titles = (("(a) memorization (max over snapshots)", "memorization ratio"),
               ("(b) memorization onset", "onset kimg (median over seeds)"),

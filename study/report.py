@@ -77,7 +77,7 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
         for name in FINAL_METRICS:
             value = last.get(name)
             row[name] = float(value) if isinstance(value, (int, float)) else None
-        row.update(record.get("curve") or curve_statistics(history, config.scaling.onset_threshold))
+        row.update(curve_statistics(history, config.scaling.onset_threshold))  # from the points, so a rewritten report gains new statistics
         gaps = [h["loss_gap"] for h in history if isinstance(h.get("loss_gap"), (int, float)) and math.isfinite(h["loss_gap"])]
         row["best_loss_gap"] = min(gaps) if gaps else None
         for key, value in record.get("params", {}).items():
@@ -295,3 +295,23 @@ def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, 
     (report / "ablation.md").write_text(markdown)
     log(markdown)
     return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]
+
+
+def main(argv=None) -> int:
+    """`python -m study.report STUDY_FOLDER`: rewrite a finished study's results.parquet and report from its ledger
+    with this code, e.g. to give an older study the statistics added since. MLflow is not touched."""
+    import argparse
+
+    from study.config import load_study_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="the study's output folder (holds study_config.yaml and trials_*.json)")
+    args = parser.parse_args(argv)
+    if not (args.study / "study_config.yaml").is_file():
+        parser.error(f"{args.study} holds no study_config.yaml: not a study's output folder")
+    write_report(load_study_config(str(args.study / "study_config.yaml")), args.study)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,8 +52,10 @@ def _extreme(history: list[dict], key: str, pick=min) -> tuple[float | None, flo
 
 
 def curve_statistics(history: list[dict], threshold: float = 0.1) -> dict:
-    """One trial's summary of its eval points: memorization maximum and onset, best FIDs, lowest test loss."""
+    """One trial's summary of its eval points: memorization maximum and onset, best FIDs, lowest test loss, and the
+    best FIDs among the points that copy less than `threshold` (quality compared without rewarding copies)."""
     history = sorted(history, key=lambda point: point["kimg"])
+    uncopied = [point for point in history if _finite(point.get("memorization")) and point["memorization"] < threshold]
     memorization = [(point["kimg"], point["memorization"]) for point in history if _finite(point.get("memorization"))]
     onset = onset_kimg(*zip(*memorization), threshold=threshold) if memorization else None
     best_fid, best_fid_kimg = _extreme(history, "fid")
@@ -66,6 +68,7 @@ def curve_statistics(history: list[dict], threshold: float = 0.1) -> dict:
         "best_fid": best_fid, "best_fid_kimg": best_fid_kimg,
         "best_fid_test": best_fid_test, "best_fid_test_kimg": best_fid_test_kimg,
         "test_loss_min": test_loss_min, "test_loss_min_kimg": test_loss_min_kimg,
+        "uncopied_fid": _extreme(uncopied, "fid")[0], "uncopied_fid_test": _extreme(uncopied, "fid_test")[0],
     }
 
 
@@ -171,6 +174,8 @@ def _per_size(arm: str, capacity: str, images: int, rows: list[dict], n_boot: in
               for r in measured]
     loss_gap_mean, loss_gap_std = _mean_std([float(r["loss_gap"]) for r in rows if _finite(r.get("loss_gap"))])
     fid_mean, fid_std = _mean_std([float(r["best_fid_test"]) for r in rows if _finite(r.get("best_fid_test"))])
+    uncopied = [float(r["uncopied_fid_test"]) for r in rows if _finite(r.get("uncopied_fid_test"))]
+    uncopied_mean, uncopied_std = _mean_std(uncopied)
     reached = sum(math.isfinite(o) for o in onsets)
     return {
         "arm": arm, "capacity": capacity, "images": int(images), "seeds": len(rows),
@@ -178,6 +183,7 @@ def _per_size(arm: str, capacity: str, images: int, rows: list[dict], n_boot: in
         "memorization_max_low": memorization.low, "memorization_max_high": memorization.high,
         "loss_gap_mean": loss_gap_mean, "loss_gap_std": loss_gap_std,
         "best_fid_test_mean": fid_mean, "best_fid_test_std": fid_std,
+        "uncopied_fid_test_mean": uncopied_mean, "uncopied_fid_test_std": uncopied_std, "uncopied_seeds": len(uncopied),
         "onset_reached": reached, "onset_censored": len(onsets) - reached,
         "onset_kimg_median": _onset_median(onsets),
     }
@@ -194,13 +200,15 @@ def _per_arm(arm: str, capacity: str, rows: list[dict], n_boot: int, seed: int) 
     onsets = _groups([r for r in rows if _finite(r.get("memorization_max"))], "memorization_onset_kimg", True)
     n50, emm = (_crossing_estimate(memorization, level, n_boot, seed) for level in (0.5, 0.9))
     fit = onset_fit([(n, o) for n, values in onsets.items() for o in values])
-    slope = bootstrap(onsets, lambda g: onset_fit([(n, o) for n, values in g.items() for o in values])["slope"], n_boot, seed)
+    slope, intercept = (bootstrap(onsets, lambda g, key=key: onset_fit([(n, o) for n, values in g.items() for o in values])[key],
+                                  n_boot, seed) for key in ("slope", "intercept"))
     row = {"arm": arm, "capacity": capacity}
     for name, estimate in (("n50", n50), ("emm", emm)):
         row.update({name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high,
                     f"{name}_defined": estimate.defined, f"{name}_bound": estimate.bound})
     row.update(onset_slope=fit["slope"], onset_slope_low=slope.low, onset_slope_high=slope.high,
-               onset_intercept=fit["intercept"], onset_points=fit["points"], onset_censored=fit["censored"])
+               onset_intercept=fit["intercept"], onset_intercept_low=intercept.low, onset_intercept_high=intercept.high,
+               onset_points=fit["points"], onset_censored=fit["censored"])
     return row, memorization
 
 
@@ -273,16 +281,36 @@ def _interval(value, low, high, bound=None, defined=1.0) -> str:
     return text + (f" (defined in {defined:.1%} of replicates)" if defined < 1 else "")
 
 
+def _spread(mean, std) -> str:
+    return "-" if mean is None else f"{_number(mean)} ± {_number(std)}" if std is not None else _number(mean)
+
+
+def per_size_markdown(summary: dict) -> str:
+    """Per capacity, size and arm: memorization with its interval, onset, and sample quality with and without copies."""
+    lines = ["| capacity | images | arm | seeds | memorization (max) | onset kimg (median) | best fid_test | "
+             "best fid_test while copying < threshold (seeds) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(summary["per_size"], key=lambda r: (r["capacity"], r["images"], r["arm"])):
+        onset = _number(row["onset_kimg_median"]) if row["onset_kimg_median"] is not None else "not reached"
+        lines.append(
+            f"| {row['capacity'] or '-'} | {row['images']} | {row['arm']} | {row['seeds']} "
+            f"| {_interval(row['memorization_max_mean'], row['memorization_max_low'], row['memorization_max_high'])} "
+            f"| {onset} ({row['onset_reached']} of {row['onset_reached'] + row['onset_censored']}) "
+            f"| {_spread(row['best_fid_test_mean'], row['best_fid_test_std'])} "
+            f"| {_spread(row.get('uncopied_fid_test_mean'), row.get('uncopied_fid_test_std'))} ({row.get('uncopied_seeds', 0)}) |")
+    return "\n".join(lines) + "\n"
+
+
 def scaling_markdown(summary: dict) -> str:
     """The per-arm scaling table and the data multipliers, as markdown for the report."""
-    lines = ["| capacity | arm | N50 | EMM | onset slope (kimg per image) | onset points / censored |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| capacity | arm | N50 | EMM | onset slope (kimg per image) | onset intercept (kimg) | onset points / censored |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in summary["per_arm"]:
         lines.append(
             f"| {row['capacity'] or '-'} | {row['arm']} "
             f"| {_interval(row['n50'], row['n50_low'], row['n50_high'], row['n50_bound'], row['n50_defined'])} "
             f"| {_interval(row['emm'], row['emm_low'], row['emm_high'], row['emm_bound'], row['emm_defined'])} "
             f"| {_interval(row['onset_slope'], row['onset_slope_low'], row['onset_slope_high'])} "
+            f"| {_interval(row['onset_intercept'], row.get('onset_intercept_low'), row.get('onset_intercept_high'))} "
             f"| {row['onset_points']} / {row['onset_censored']} |")
     lines += ["", "| capacity | arm | reference | data multiplier |", "| --- | --- | --- | --- |"]
     for row in summary["multipliers"]:
@@ -290,5 +318,5 @@ def scaling_markdown(summary: dict) -> str:
                       else _interval(row["data_multiplier"], row["low"], row["high"], defined=row["defined"]))
         lines.append(f"| {row['capacity'] or '-'} | {row['arm']} | {row['reference']} | {multiplier} |")
     lines += ["", "Intervals are 95% percentile bootstrap intervals over training seeds (resampled within each "
-                  "size, fixed bootstrap seed); censored onsets are excluded from the onset fits."]
+                  "size, fixed bootstrap seed); censored onsets are excluded from the onset fits.", "", per_size_markdown(summary)]
     return "\n".join(lines) + "\n"

@@ -108,7 +108,8 @@ def write_scaling_report(config: StudyConfig, output: Path, rows: list[dict], re
     (folder / "scaling.json").write_text(json.dumps(summary, indent=1))
     floors = [r["fid_floor"] for r in chosen if r.get("fid_floor") is not None]
     figures = curves_figure(curves(records, rows), folder, threshold=scaling.onset_threshold)
-    figures += scaling_figure(summary, folder, fid_floor=sum(floors) / len(floors) if floors else None)
+    figures += scaling_figure(summary, folder, fid_floor=sum(floors) / len(floors) if floors else None,
+                              onset_threshold=scaling.onset_threshold)
     figures += pareto_figure(pareto_fronts(config, rows), folder)
     pairs, smallest = nearest_pairs(output, rows)
     figures += nearest_figure(pairs, smallest, folder) if pairs else []

@@ -44,6 +44,7 @@ def test_curve_statistics_on_a_hand_history():
         "memorization_max": 0.25, "memorization_onset_kimg": pytest.approx(22.5), "memorization_onset_censored": False,
         "best_fid": 20.0, "best_fid_kimg": 30.0, "best_fid_test": 40.0, "best_fid_test_kimg": 20.0,
         "test_loss_min": 0.4, "test_loss_min_kimg": 20.0,
+        "uncopied_fid": 30.0, "uncopied_fid_test": 40.0,  # the best among the points copying under 0.1: 10 and 20 kimg
     }
 
 
@@ -168,6 +169,7 @@ def test_summary_per_arm_crossings_and_onset_fit(summary):
     assert baseline["onset_points"] == 6 and baseline["onset_censored"] == 3
     assert onset_fit([(16, 10.0), (16, 20.0), (16, 30.0), (32, 40.0), (32, 60.0), (64, 100.0)])["slope"] == \
         pytest.approx(baseline["onset_slope"])
+    assert baseline["onset_intercept_low"] <= baseline["onset_intercept"] <= baseline["onset_intercept_high"]
     assert scoreaug["n50"] is None and scoreaug["n50_bound"] == "below"
     assert scoreaug["onset_slope"] is None and scoreaug["onset_points"] == 1 and scoreaug["onset_censored"] == 8
 
@@ -186,3 +188,4 @@ def test_summary_holds_only_plain_values_and_renders(summary):
     markdown = scaling_markdown(summary)
     assert "| baseline |" in markdown and f">= {32 * 2 ** 0.4 / 16:.3g}" in markdown
     assert "below size range" in markdown and "percentile bootstrap" in markdown
+    assert "| - | 64 | baseline | 4 |" in markdown and "not reached (1 of 3)" in markdown  # the per-size table

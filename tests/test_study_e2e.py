@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
+from study.report import main as report_main
 from study.runner import run_study
 from tests.conftest import TINY_TRIAL
 
@@ -30,7 +31,7 @@ def _ddp_worker(config: dict) -> None:
     torch.manual_seed(0)
     net = session.prepare(build_denoiser(8, 1, AUG_DIM, **trial.resolved_model()))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = ScoreAugLoss(trial.score_augment, trial.clean_augment, trial.diffusion)
+    loss_fn = ScoreAugLoss.from_configs(trial.score_augment, trial.clean_augment, trial.diffusion)
     generator = torch.Generator().manual_seed(session.rank)  # each rank its own batch and noise
     for _ in range(3):
         loss = loss_fn(net, torch.rand(8, 1, 8, 8, generator=generator) * 2 - 1, generator).mean()
@@ -264,3 +265,15 @@ def test_scaling_study_end_to_end(ray_session, tmp_path):
         assert name.split(".")[0] in {"n50", "n50_low", "n50_high", "emm", "emm_low", "emm_high", "onset_slope",
                                       "onset_slope_low", "onset_slope_high", "data_multiplier", "data_multiplier_low",
                                       "data_multiplier_high", "data_multiplier_lower_bound"}, name
+
+    # `python -m study.report` rewrites the same results and report from the ledger alone.
+    (output / "results.parquet").unlink()
+    (output / "report" / "scaling.json").unlink()
+    assert report_main([str(output)]) == 0
+    rewritten = pq.read_table(output / "results.parquet").to_pylist()
+    assert [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rewritten] == \
+        [{k: v for k, v in r.items() if k != "wall_time_s"} for r in table]
+    assert json.loads((output / "report" / "scaling.json").read_text()) == scaling
+    for row in table:  # the best FIDs among the points that copy less than the onset threshold
+        uncopied = [h["fid_test"] for h in records[row["trial_id"]]["history"] if h["memorization"] < 0.1]
+        assert row["uncopied_fid_test"] == (min(uncopied) if uncopied else None)
