@@ -1,12 +1,14 @@
 """Screenshots of the MLflow UI over a finished study, as a user sees it, for README.md and docs/results.md.
 
 Starts `mlflow server` on 127.0.0.1 over the study's own store, opens the experiment's run list (trials
-nested under the study's parent run) and a comparison of the parent's trials (parallel coordinates of
-the searched parameters against `fid`) in headless Chromium, saves the PNGs, and stops the server by
-its PID. Chromium is driven by Playwright (`pip install -e ".[screenshots]"`; no browser download: it runs Debian's
+nested under the study's parent run), a comparison of the parent's trials (parallel coordinates of
+the searched parameters against `fid`) and, for a scaling study, MLflow's own chart of one metric's curves
+over the arms' seeded runs at one training-set size (`--curves memorization --images 22`) in headless
+Chromium, saves the PNGs, and stops the server by its PID. Chromium is driven by Playwright (`pip install -e ".[screenshots]"`; no browser download: it runs Debian's
 `chromium`, which the script installs when missing, as root from the package mirror).
 
     python docs/mlflow_screenshots.py studies/demo --out docs/img
+    python docs/mlflow_screenshots.py studies/scaling --metric fid_test --curves memorization --images 22 --out docs/img
 """
 
 from __future__ import annotations
@@ -104,12 +106,23 @@ def _comparison(page, url: str, path: Path, params: list[str], metric: str) -> N
     page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": 1700, "height": 620})
 
 
+def _curves(page, url: str, path: Path) -> None:
+    """MLflow's metric page: one metric against step (images seen) for the chosen runs, one line per run."""
+    page.goto(url)
+    page.locator("canvas, svg.main-svg").first.wait_for(timeout=60000)
+    page.wait_for_timeout(3000)
+    _close_assistant(page)
+    page.screenshot(path=str(path))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="a finished study's output folder (holds mlflow.db and mlartifacts/)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "img")
     parser.add_argument("--prefix", default=None, help="file name prefix; default: the study folder's name")
     parser.add_argument("--metric", default="fid", help="the metric shown against the parameters")
+    parser.add_argument("--curves", default=None, help="also chart this metric's curves over the arms' seeded runs")
+    parser.add_argument("--images", type=int, default=None, help="with --curves: the training-set size whose runs are charted")
     args = parser.parse_args(argv)
     study = args.study.resolve()
     state = json.loads((study / "study_state.json").read_text())
@@ -142,10 +155,20 @@ def main(argv=None) -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1700, "height": 1000})
-            _run_list(page, shots[f"{prefix}_runs.png"], args.out / f"{prefix}_runs.png",
-                      ["Dataset", "Source", "Models", "regime_fraction", "score_augment.p", args.metric, "loss_gap", "leakage"])
+            columns = (["regime_images", "score_augment.p", args.metric, "memorization_max", "memorization_onset_kimg"]
+                       if args.curves else ["regime_fraction", "score_augment.p", args.metric, "loss_gap", "leakage"])
+            _run_list(page, shots[f"{prefix}_runs.png"], args.out / f"{prefix}_runs.png", ["Dataset", "Source", "Models", *columns])
             _comparison(page, shots[f"{prefix}_compare.png"], args.out / f"{prefix}_compare.png",
                         ["score_augment.p", "model.dropout", "clean_augment.p", "regime_fraction"], args.metric)
+            if args.curves:
+                arms = [c for c in children if c.data.tags.get("phase") in ("confirm", "ablation")
+                        and (args.images is None or c.data.params.get("regime_images") == str(args.images))]
+                arms.sort(key=lambda c: c.info.run_name)
+                shots[f"{prefix}_{args.curves}_curves.png"] = curves_url = (
+                    f"{url}/#/metric?runs={urllib.parse.quote(json.dumps([c.info.run_id for c in arms]))}"
+                    f"&metric={urllib.parse.quote(json.dumps(args.curves))}&experiments={urllib.parse.quote(json.dumps([experiment]))}"
+                    f"&plot_metric_keys={urllib.parse.quote(json.dumps([args.curves]))}&x_axis=step&y_axis_scale=linear")
+                _curves(page, curves_url, args.out / f"{prefix}_{args.curves}_curves.png")
             browser.close()
         for name in shots:
             print(f"wrote {args.out / name} ({(args.out / name).stat().st_size // 1024} KiB)")

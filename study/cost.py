@@ -39,5 +39,6 @@ def describe_cost(config: StudyConfig, total_trials: int) -> str | None:
     if estimate is None:
         return None
     train, sample, source = estimate
-    return (f"  estimated cost: {train + sample:,.0f} GPU-hours ({train:,.0f} training + {sample:,.0f} FID sampling) if no "
-            f"trial stops early; ASHA cuts part of the search. Throughput {source}")
+    stopping = "if no trial stops early; ASHA cuts part of the search" if config.scheduler.kind == "asha" else "(no early stopping)"
+    return (f"  estimated cost: {train + sample:,.0f} GPU-hours ({train:,.0f} training + {sample:,.0f} FID sampling) "
+            f"{stopping}. Throughput {source}")

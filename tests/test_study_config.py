@@ -118,12 +118,12 @@ def test_shipped_configs_validate(name):
 
 
 def test_cifar10_dry_run_estimates_gpu_hours():
-    """56 trials (4 regimes x 8 searched + 4 x 2 roles x 3 seeds) x 200 Mimg at EDM's cited ~145 img/s per V100."""
+    """91 trials (7 sizes x 4 searched + 7 x 3 arms x 3 seeds) x 100 Mimg at EDM's cited ~145 img/s per V100."""
     result = _run("--config", "study/configs/cifar10.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
-    training_hours = 56 * 200e6 / 145 / 3600
+    training_hours = 91 * 100e6 / 145 / 3600
     line = next(line for line in result.stdout.splitlines() if "estimated cost" in line)
-    assert f"{training_hours:,.0f} training" in line and "cited: EDM" in line
+    assert f"{training_hours:,.0f} training" in line and "cited: EDM" in line and "no early stopping" in line
     assert "estimated cost" not in _run("--dry-run").stdout  # no GPUs asked for, no GPU-hours
 
 
