@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1700, "height": 1000})
-            columns = (["regime_images", "score_augment.p", args.metric, "memorization_max", "memorization_onset_kimg"]
+            columns = (["role", "regime_images", "score_augment.p", args.metric, "memorization_max", "memorization_onset_kimg"]
                        if args.curves else ["regime_fraction", "score_augment.p", args.metric, "loss_gap", "leakage"])
             _run_list(page, shots[f"{prefix}_runs.png"], args.out / f"{prefix}_runs.png", ["Dataset", "Source", "Models", *columns])
             _comparison(page, shots[f"{prefix}_compare.png"], args.out / f"{prefix}_compare.png",

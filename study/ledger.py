@@ -33,6 +33,18 @@ def load_records(output: Path, phase: str) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def run_name(suggestion: dict, trial_id: str) -> str:
+    """The MLflow run name: cell, role, then the seed of a seeded re-run or the Optuna trial number of a searched
+    one, then the Tune trial id (unique), so a chart's legend says which arm each curve is:
+    `n22-baseline-s1000-3936e74c`, `n22-search-t2-5a21d311`."""
+    if "seed" in suggestion:
+        detail = f"s{suggestion['seed']}"
+    else:
+        detail = f"t{suggestion['optuna_trial']}" if suggestion.get("optuna_trial") is not None else None
+    parts = [suggestion["regime"], suggestion.get("role"), detail, trial_id]
+    return "-".join(str(part) for part in parts if part)
+
+
 def failure_reason(failure: dict) -> str:
     """One line for a trial's failure report: 'config error: ...', 'data error: ...', or the error itself."""
     kind, error = failure["error_kind"], failure.get("error", "")
@@ -55,7 +67,7 @@ class Ledger:
 
     def open(self, trial_id: str, phase: str, suggestion: dict, params: dict, tags: dict) -> dict:
         record = self.records[trial_id] = {
-            "run_id": None, "run_name": f"{suggestion['regime']}-{trial_id}", "tags": tags, "last_step": -1,
+            "run_id": None, "run_name": run_name(suggestion, trial_id), "tags": tags, "last_step": -1,
             "phase": phase, "suggestion": suggestion, "params": params, "history": [], "started": time.time()}
         self.save()
         return record

@@ -158,3 +158,13 @@ def test_asha_compares_a_trial_only_with_trials_of_its_own_cell():
                for name, loss in (("big_a", 0.30), ("big_b", 0.31), ("small_a", 0.60), ("small_b", 0.59))}
     assert actions == {"big_a": TrialScheduler.CONTINUE, "big_b": TrialScheduler.STOP,
                        "small_a": TrialScheduler.CONTINUE, "small_b": TrialScheduler.CONTINUE}
+
+
+def test_run_names_say_the_arm_and_seed():
+    from study.ledger import run_name
+
+    assert run_name({"regime": "n22", "role": "baseline", "seed": 1000}, "3936e74c") == "n22-baseline-s1000-3936e74c"
+    assert run_name({"regime": "n22-model_channels8", "role": "scoreaug_fixed", "seed": 0}, "ab") == \
+        "n22-model_channels8-scoreaug_fixed-s0-ab"
+    assert run_name({"regime": "n22", "role": "search", "optuna_trial": 2}, "5a21d311") == "n22-search-t2-5a21d311"
+    assert run_name({"regime": "r0.1"}, "x1") == "r0.1-x1"
