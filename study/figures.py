@@ -262,7 +262,7 @@ def scaling_figure(summary: dict, folder: Path, threshold_levels=(0.5, 0.9), fid
     handles, labels = mem.get_legend_handles_labels()
     if not handles:
         handles, labels = gap.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
     return [_save(fig, folder / "scaling.png")]
 
 
