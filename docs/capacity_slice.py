@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_study_config  # noqa: E402
 from study.figures import scaling_figure  # noqa: E402
-from study.scaling import bootstrap_pair, per_size_markdown, scaling_markdown, scaling_summary  # noqa: E402
+from study.scaling import bootstrap_pair, scaling_markdown, scaling_summary  # noqa: E402
 from study.scaling_report import arm_rows  # noqa: E402
 
 
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = slice_rows(args.scaling, args.capacity)
     summary = scaling_summary(rows)
-    print(scaling_markdown(summary).replace(per_size_markdown(summary), ""))
-    print(per_size_markdown(summary))
+    print(scaling_markdown(summary))  # per width: N50, EMM, onset fit, multiplier, then the per-size table
     print(reduction_markdown(rows, args.arm))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -168,3 +168,8 @@ def test_clean_and_score_labels_fill_their_own_columns(augmented):
     assert labels[:, identity_cols].abs().sum() == 0
     expected = images.flip(-1) + noise if augmented == "clean" else (images + noise).flip(-1)
     assert torch.allclose(x, expected, atol=1e-6)
+
+
+def test_scaled_sigma_is_refused_in_clean_mode():
+    with pytest.raises(ValueError, match="noisy"):
+        ScoreAugLoss(DiffusionConfig(), mode="clean", scaled_sigma=True)

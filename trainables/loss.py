@@ -30,7 +30,7 @@ class ScoreAugLoss:
 
     Noise and transform draws come from `generator`, on its device: one batched draw per step, no per-sample work.
     `mode` "noisy" transforms y + n (ScoreAug); "clean" transforms y and adds fresh noise. `scaled_sigma` hands the
-    network the transformed noise level (noisy mode only: in clean mode the noise is never transformed).
+    network the transformed noise level (noisy mode only, as the config also insists).
     """
 
     def __init__(
@@ -41,6 +41,8 @@ class ScoreAugLoss:
         mode: str = "noisy",
         scaled_sigma: bool = False,
     ):
+        if scaled_sigma and mode != "noisy":
+            raise ValueError("scaled_sigma applies to mode 'noisy' only: in clean mode the noise is never transformed")
         self.diffusion = diffusion
         self.score_pipe, self.clean_pipe = score_pipe, clean_pipe
         self.mode, self.scaled_sigma = mode, scaled_sigma
@@ -64,7 +66,7 @@ class ScoreAugLoss:
             noisy = apply_transform(clean + noise, score_draw)
         else:
             noisy = target + noise
-        net_sigma = sigma * noise_scale(score_draw) if self.scaled_sigma and self.mode == "noisy" else sigma
+        net_sigma = sigma * noise_scale(score_draw) if self.scaled_sigma else sigma
         labels = torch.cat([transform_label(clean_draw), transform_label(score_draw)], dim=1)
         denoised = net(noisy, net_sigma, labels)
         per_pixel = edm_weight(sigma, d.sigma_data).view(-1, 1, 1, 1) * (denoised.float() - target) ** 2
