@@ -41,6 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -648,36 +649,37 @@ def read_smoke_runs(url: str, login: dict[str, str]) -> str:
                 os.environ[key] = value
 
 
+def steps(launch: Launch) -> list[tuple[str, Callable[[], object]]]:
+    """Every step of the launch, in order, named as the report names it; each must pass for the next to run."""
+    def prepare_machine() -> None:
+        launch.preflight()
+        launch.install_packages()
+        launch.create_node_user()
+        launch.start_sshd()
+        launch.write_config()
+
+    return [
+        ("prepare the machine: packages, node user, sshd, config", prepare_machine),
+        ("ray get-auth-token --generate && chmod 600 (as docs/cluster.md)", launch.auth_token),
+        ("ray up -y (setup, MLflow, Ray)", lambda: launch.ray_up("ray-up")),
+        ("MLflow: /health, login required, file modes", launch.check_mlflow_login),
+        ("Ray token auth: job API and GCS", launch.check_ray_token),
+        ("listening sockets of the head", launch.check_listeners),
+        ("ray job submit the smoke study (docs/cluster.md)", launch.submit_smoke_study),
+        ("read the runs back from the head's MLflow", launch.read_runs_back),
+        ("ray dashboard tunnel", launch.check_dashboard_tunnel),
+        ("ray up -y again (MLflow restarts)", launch.ray_up_again),
+        ("ray down -y", launch.ray_down),
+    ]
+
+
 def main() -> int:
     launch = Launch()
     failure = None
     try:
-        with launch.step("prepare the machine: packages, node user, sshd, config"):
-            launch.preflight()
-            launch.install_packages()
-            launch.create_node_user()
-            launch.start_sshd()
-            launch.write_config()
-        with launch.step("ray get-auth-token --generate && chmod 600 (as docs/cluster.md)"):
-            launch.auth_token()
-        with launch.step("ray up -y (setup, MLflow, Ray)"):
-            launch.ray_up("ray-up")
-        with launch.step("MLflow: /health, login required, file modes"):
-            launch.check_mlflow_login()
-        with launch.step("Ray token auth: job API and GCS"):
-            launch.check_ray_token()
-        with launch.step("listening sockets of the head"):
-            launch.check_listeners()
-        with launch.step("ray job submit the smoke study (docs/cluster.md)"):
-            launch.submit_smoke_study()
-        with launch.step("read the runs back from the head's MLflow"):
-            launch.read_runs_back()
-        with launch.step("ray dashboard tunnel"):
-            launch.check_dashboard_tunnel()
-        with launch.step("ray up -y again (MLflow restarts)"):
-            launch.ray_up_again()
-        with launch.step("ray down -y"):
-            launch.ray_down()
+        for name, run in steps(launch):
+            with launch.step(name):
+                run()
     except Exception as err:  # noqa: BLE001 - any failure ends the run, reported after the cleanup
         failure = err if isinstance(err, LaunchError) else LaunchError(f"{type(err).__name__}: {err}")
     finally:
