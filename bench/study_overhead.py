@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow.parquet as pq  # noqa: E402
 
 from study.config import load_study_config  # noqa: E402
-from study.runner import run_study  # noqa: E402
+from study.driver.runner import run_study  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDY = [

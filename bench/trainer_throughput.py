@@ -89,7 +89,7 @@ def in_ray_train(config, storage: str) -> list[float]:
 def in_tune_trial(config, storage: str) -> list[float]:
     from ray import tune
 
-    from study.trial import make_trainable, trial_resources
+    from study.driver.trainable import make_trainable, trial_resources
 
     trainable = tune.with_resources(make_trainable(config.model_dump(), WORKER, storage), trial_resources(WORKER))
     tuner = tune.Tuner(trainable, param_space={"regime_fraction": config.regime_fraction, "seed": config.seed,

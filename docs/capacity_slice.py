@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_study_config  # noqa: E402
-from study.figures import scaling_figure  # noqa: E402
-from study.scaling import bootstrap_pair, scaling_markdown, scaling_summary  # noqa: E402
-from study.scaling_report import arm_rows  # noqa: E402
+from study.report.figures import scaling_figure  # noqa: E402
+from study.stats.scaling import bootstrap_pair, scaling_markdown, scaling_summary  # noqa: E402
+from study.report.scaling import arm_rows  # noqa: E402
 
 
 def _rows(study: Path) -> list[dict]:

@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from study.plan import PlanError
-    from study.runner import PhaseInterrupted, StudyError
-    from study.tracking import TrackingError
+    from study.driver.plan import PlanError
+    from study.driver.runner import PhaseInterrupted, StudyError
+    from study.tracking.callback import TrackingError
     from trainables.data import DatasetError
 
     try:
@@ -65,9 +65,9 @@ def main(argv=None) -> int:
 
 def dry_run(config, address: str | None) -> int:
     """The checks a real start runs before Ray, and the plan; nothing is started or written."""
-    from study.plan import describe, make_plan
-    from study.preflight import check_study
-    from study.runner import local_nodes
+    from study.driver.plan import describe, make_plan
+    from study.driver.preflight import check_study
+    from study.driver.runner import local_nodes
 
     remote = bool(address or os.environ.get("RAY_ADDRESS")) or config.resources.autoscaling
     check_study(config, on_this_machine=not remote)
@@ -79,7 +79,7 @@ def dry_run(config, address: str | None) -> int:
 
 def run(config, address: str | None, resume: bool) -> int:
     """The study; exit 1 when too many of its trials failed (the last line counts them by reason)."""
-    from study.runner import run_study, study_failures
+    from study.driver.runner import run_study, study_failures
 
     output = run_study(config, address=address, resume=resume)
     print(f"done: {output / 'results.parquet'}, report in {output / 'report'}; "

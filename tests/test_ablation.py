@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import ConfigError, load_study_config
 from study.run import main as run_cli
-from study.runner import run_study
+from study.driver.runner import run_study
 from tests.conftest import TINY_TRIAL
 
 LEAKAGE = Path(__file__).resolve().parent.parent / "study" / "configs" / "leakage.yaml"

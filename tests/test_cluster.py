@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
-from study.runner import run_study
+from study.driver.runner import run_study
 from tests.conftest import ROOT, TINY_TRIAL, WORKER_NODES, free_port, mlflow_server
 
 CLUSTER_YAML = ROOT / "cluster.yaml"

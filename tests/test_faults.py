@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
-from study.runner import run_study
+from study.driver.runner import run_study
 from tests.conftest import ROOT, TINY_TRIAL, free_port, mlflow_server
 
 TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds", "eval_seconds"}
@@ -109,9 +109,9 @@ def test_same_config_and_seed_give_identical_metrics_on_cpu(tmp_path):
 def test_same_study_seed_gives_the_same_trial_configs(tmp_path):
     """The real RegimeSearcher (seeded TPE over Optuna RDB storage), twice: the same suggestions, past TPE's
     3 random start-up trials (trials 4 and 5 of each regime are TPE's), when it is told the same results."""
-    from study.cells import Cell
+    from study.phases.cells import Cell
     from study.config import SearchConfig
-    from study.searcher import RegimeSearcher
+    from study.phases.searcher import RegimeSearcher
 
     cells = [Cell("r0.5", 0.5, None, 719), Cell("r1", 1.0, None, 1438)]
 
@@ -195,7 +195,7 @@ def _live_actors(address: str, class_name: str) -> list:
 
 def _records(output: Path) -> dict:
     """The driver's per-trial records of the search phase (rewritten atomically at every result)."""
-    from study.ledger import load_records
+    from study.tracking.ledger import load_records
 
     try:
         return load_records(output, "search")
@@ -290,7 +290,7 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
 def test_a_study_that_never_launched_a_trial_is_not_held(ray_session, tmp_path):
     """Ray is up but no node fits a worker: the study fails before its first trial, leaves no study_state.json
     behind (the same command simply starts again, without --resume), and closes its parent run as FAILED."""
-    from study.plan import PlanError
+    from study.driver.plan import PlanError
 
     address = ray_session.get_runtime_context().gcs_address
     config = load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study.figures import curves_figure, nearest_figure, pareto_figure, scaling_figure
+from study.report.figures import curves_figure, nearest_figure, pareto_figure, scaling_figure
 
 SIZES = (18, 72, 288)
 KIMG = (5.0, 10.0, 20.0, 40.0, 80.0, 120.0)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from study.scaling import (Estimate, bootstrap, crossing_size, curve_statistics, mean_crossing, onset_fit, onset_kimg,
+from study.stats.scaling import (Estimate, bootstrap, crossing_size, curve_statistics, mean_crossing, onset_fit, onset_kimg,
                            scaling_markdown, scaling_summary)
 
 

@@ -7,11 +7,11 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from study.cells import Cell
+from study.phases.cells import Cell
 from study.config import SearchConfig, load_study_config
-from study.confirm import pick_confirmed
-from study.runner import early_stopping
-from study.searcher import RegimeSearcher, load_regime_study
+from study.phases.confirm import pick_confirmed
+from study.driver.runner import early_stopping
+from study.phases.searcher import RegimeSearcher, load_regime_study
 
 CELL = Cell("n18", 1.0, 18, 18)
 TOTAL_KIMG = 1.0
@@ -91,8 +91,8 @@ def test_search_mode_reaches_asha():
 
 
 def test_capacity_cells_cross_every_size_and_reach_the_trial_config():
-    from study.cells import study_cells
-    from study.trial import trial_config
+    from study.phases.cells import study_cells
+    from study.phases.suggestion import trial_config
 
     config = load_study_config(None, ["regimes={images: [18, 36]}", "capacities={model.model_channels: [16, 32]}"])
     cells = study_cells(config)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from study.config import load_study_config
-from study.plan import Node, PlanError, check_fits
+from study.driver.plan import Node, PlanError, check_fits
 from tests.conftest import ROOT
 from trainables.config_io import ConfigError
 
@@ -148,9 +148,9 @@ def test_infeasible_plan_fails_fast_from_the_cli(tmp_path):
 
 def test_one_trial_per_regime_runs_each_regimes_baseline(tmp_path):
     """The enqueued baseline is not a handed-out trial until asked: one trial per regime is the baseline, not zero."""
-    from study.cells import Cell
+    from study.phases.cells import Cell
     from study.config import SearchConfig
-    from study.searcher import RegimeSearcher
+    from study.phases.searcher import RegimeSearcher
 
     cells = [Cell("r0.5", 0.5, None, 719), Cell("r1", 1.0, None, 1438)]
     searcher = RegimeSearcher(cells, SearchConfig(trials_per_regime=1, metric="test_loss"), f"sqlite:///{tmp_path / 'optuna.db'}",

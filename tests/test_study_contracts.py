@@ -11,14 +11,15 @@ import optuna
 import pytest
 from scipy import stats
 
-from study.ablation import ablation_suggestions
-from study.cells import Cell, study_cells
+from study.phases.ablation import ablation_suggestions
+from study.phases.cells import Cell, study_cells
 from study.config import load_study_config
-from study.confirm import FixedSearcher, confirmation_suggestions
+from study.phases.confirm import FixedSearcher, confirmation_suggestions
 from study.contract import BASELINE, BEST, study_name
-from study.report import summarize
-from study.runner import early_stopping, search_fingerprint
-from study.searcher import RegimeSearcher, load_regime_study, open_regime_study
+from study.report.results import summarize
+from study.driver.runner import early_stopping, search_fingerprint
+from study.phases.searcher import RegimeSearcher, load_regime_study, open_regime_study
+from study.phases.suggestion import Suggestion
 from tests.conftest import TINY_TRIAL
 from trainables.catalog import DATASETS
 from trainables.data import load_dataset, pool_size
@@ -67,15 +68,15 @@ def test_confirmation_picks_the_best_completed_non_baseline_trial(tmp_path):
         study.tell(trial, value, state=state)
     suggestions, notes = confirmation_suggestions([cell], url, config.name, config.confirm, config.search, 0.1)
     assert notes == []
-    assert [(s["role"], s["optuna_trial"], s["seed"]) for s in suggestions] == [
+    assert [(s.role, s.optuna_trial, s.seed) for s in suggestions] == [
         (BEST, 2, 1000), (BEST, 2, 1001), (BASELINE, None, 1000), (BASELINE, None, 1001)]
-    assert suggestions[0]["overrides"] == {"score_augment.p": 0.2} and suggestions[0]["trial"]["score_augment"]["p"] == 0.2
-    assert suggestions[2]["trial"]["score_augment"]["p"] == 0.0  # the plain-EDM baseline
+    assert suggestions[0].overrides == {"score_augment.p": 0.2} and suggestions[0].trial["score_augment"]["p"] == 0.2
+    assert suggestions[2].trial["score_augment"]["p"] == 0.0  # the plain-EDM baseline
 
 
 def test_ablation_runs_seeds_outermost_then_cells_then_arms():
     config = _config("regimes={images: [18, 36]}", "ablation={arms: {a: {score_augment.p: 0.5}, b: {}}, seeds: 2}")
-    order = [(s["seed"], s["regime"], s["role"]) for s in ablation_suggestions(config, study_cells(config))]
+    order = [(s.seed, s.cell, s.role) for s in ablation_suggestions(config, study_cells(config))]
     assert order == [(0, "n18", "a"), (0, "n18", "b"), (0, "n36", "a"), (0, "n36", "b"),
                      (1, "n18", "a"), (1, "n18", "b"), (1, "n36", "a"), (1, "n36", "b")]
 
@@ -96,12 +97,13 @@ def test_pool_size_is_the_loaded_training_split(name):
 
 
 def test_fixed_searcher_resumes_where_it_stopped(tmp_path):
-    searcher = FixedSearcher([{"n": 0}, {"n": 1}, {"n": 2}])
-    assert searcher.suggest("t0") == {"n": 0}
+    suggestions = [Suggestion(cell="n18", regime_fraction=1.0, seed=seed) for seed in range(3)]
+    searcher = FixedSearcher(suggestions)
+    assert searcher.suggest("t0") == suggestions[0].to_tune()
     searcher.save(str(tmp_path / "state.pkl"))
-    resumed = FixedSearcher([{"n": 0}, {"n": 1}, {"n": 2}])
+    resumed = FixedSearcher(suggestions)
     resumed.restore(str(tmp_path / "state.pkl"))
-    assert [resumed.suggest(t) for t in ("t1", "t2", "t3")] == [{"n": 1}, {"n": 2}, FixedSearcher.FINISHED]
+    assert [resumed.suggest(t) for t in ("t1", "t2", "t3")] == [s.to_tune() for s in suggestions[1:]] + [FixedSearcher.FINISHED]
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
@@ -118,12 +120,28 @@ def test_a_cell_resolves_each_trial_config_once_on_the_driver():
     config = _config("regimes={images: [18]}", "capacities={model.model_channels: [16]}")
     [cell] = study_cells(config)
     good = cell.suggestion(role="search", overrides={"score_augment.p": 0.4}, seed=3)
-    assert good["trial"]["model"]["model_channels"] == 16 and good["trial"]["regime_images"] == 18
-    assert good["trial"]["score_augment"]["p"] == 0.4 and good["trial"]["seed"] == 3
+    assert good.trial["model"]["model_channels"] == 16 and good.trial["regime_images"] == 18
+    assert good.trial["score_augment"]["p"] == 0.4 and good.trial["seed"] == 3
     bad = cell.suggestion(role="search", overrides={"score_augment.p": 2.0}, seed=0)
-    assert "trial" not in bad and "score_augment.p: Input should be less than or equal to 1" in bad["invalid"]
-    assert isinstance(Cell("n2", 1.0, 2, 2).suggestion(overrides={}), dict)  # a bare cell resolves nothing
-    assert not math.isnan(np.float64(good["trial"]["train"]["total_kimg"]))
+    assert bad.trial is None and "score_augment.p: Input should be less than or equal to 1" in bad.invalid
+    assert "trial" not in bad.to_tune() and Suggestion.from_tune(bad.to_tune()) == bad
+    assert Cell("n2", 1.0, 2, 2).suggestion(overrides={}).trial is None  # a bare cell resolves nothing
+    assert not math.isnan(np.float64(good.trial["train"]["total_kimg"]))
+
+
+def test_a_suggestion_refuses_a_key_it_does_not_have():
+    """A misspelt key is an error wherever a suggestion is made or read back, never a silent None."""
+    import dataclasses
+
+    suggestion = Suggestion(cell="n18", regime_fraction=1.0, regime_images=18, images=18, role="baseline", seed=3)
+    assert Suggestion.from_tune(suggestion.to_tune()) == suggestion
+    assert suggestion.to_tune()["regime"] == "n18"  # the persisted name of the cell, as old ledgers hold it
+    with pytest.raises(KeyError, match="no field sed"):
+        Suggestion.from_tune({**suggestion.to_tune(), "sed": 3})
+    with pytest.raises(TypeError):
+        Suggestion(cell="n18", regime_fraction=1.0, sed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        suggestion.sed = 3
 
 
 def test_fixed_arms_are_confirmed_beside_best_and_baseline_in_every_cell(tmp_path):
@@ -137,9 +155,9 @@ def test_fixed_arms_are_confirmed_beside_best_and_baseline_in_every_cell(tmp_pat
         trial.set_user_attr("overrides", {"score_augment.p": 0.3})
         study.tell(trial, searched_value, state=optuna.trial.TrialState.COMPLETE if searched_value else optuna.trial.TrialState.PRUNED)
     suggestions, notes = confirmation_suggestions(cells, url, config.name, config.confirm, config.search, 0.1)
-    assert [(s["regime"], s["role"]) for s in suggestions] == [
+    assert [(s.cell, s.role) for s in suggestions] == [
         ("n18", BEST), ("n18", BASELINE), ("n18", "fixed"), ("n36", BASELINE), ("n36", "fixed")]
-    assert suggestions[2]["trial"]["score_augment"]["p"] == 0.5
+    assert suggestions[2].trial["score_augment"]["p"] == 0.5
     assert notes == ["n36: no ScoreAug trial completed its full budget; no searched config to confirm"]
 
 
@@ -150,7 +168,7 @@ def test_asha_compares_a_trial_only_with_trials_of_its_own_cell():
     from ray.tune.schedulers import TrialScheduler
 
     scheduler = early_stopping(_config("scheduler.kind=asha", "scheduler.grace_kimg=0.128", "scheduler.reduction_factor=2"))
-    trials = {name: Trial("scoreaug_trial", config={"regime": regime}, trial_id=name, stub=True)
+    trials = {name: Trial("scoreaug_trial", config=Suggestion(cell=regime, regime_fraction=1.0).to_tune(), trial_id=name, stub=True)
               for name, regime in (("big_a", "n1438"), ("big_b", "n1438"), ("small_a", "n18"), ("small_b", "n18"))}
     for trial in trials.values():
         scheduler.on_trial_add(None, trial)
@@ -161,10 +179,12 @@ def test_asha_compares_a_trial_only_with_trials_of_its_own_cell():
 
 
 def test_run_names_say_the_arm_and_seed():
-    from study.ledger import run_name
+    from study.tracking.ledger import run_name
 
-    assert run_name({"regime": "n22", "role": "baseline", "seed": 1000}, "3936e74c") == "n22-baseline-s1000-3936e74c"
-    assert run_name({"regime": "n22-model_channels8", "role": "scoreaug_fixed", "seed": 0}, "ab") == \
-        "n22-model_channels8-scoreaug_fixed-s0-ab"
-    assert run_name({"regime": "n22", "role": "search", "optuna_trial": 2}, "5a21d311") == "n22-search-t2-5a21d311"
-    assert run_name({"regime": "r0.1"}, "x1") == "r0.1-x1"
+    def named(phase, **fields):
+        return run_name(Suggestion(regime_fraction=1.0, **fields), "abc", phase)
+
+    assert named("confirm", cell="n22", role="baseline", seed=1000) == "n22-baseline-s1000-abc"
+    assert named("ablation", cell="n22-model_channels8", role="scoreaug_fixed", seed=0) == "n22-model_channels8-scoreaug_fixed-s0-abc"
+    assert named("search", cell="n22", role="search", optuna_trial=2) == "n22-search-t2-abc"
+    assert named("confirm", cell="n22", role="best", optuna_trial=2, seed=1001) == "n22-best-s1001-abc"

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
-from study.report import main as report_main
-from study.runner import run_study
+from study.report.results import main as report_main
+from study.driver.runner import run_study
 from tests.conftest import TINY_TRIAL
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
-from study.tracking import MlflowTrialCallback, connect, start_parent_run
+from study.tracking.callback import MlflowTrialCallback, connect, start_parent_run
 from tests.conftest import TINY_TRIAL, free_port, mlflow_server
 from trainables.config import load_trial_config
 

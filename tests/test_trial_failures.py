@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 
-from study.ledger import Ledger, load_records, records_file
-from study.progress import ProgressCallback
-from study.searcher import trial_outcome
+from study.tracking.ledger import Ledger, load_records, records_file
+from study.tracking.progress import ProgressCallback
+from study.phases.searcher import trial_outcome
+from study.phases.suggestion import Suggestion
 from study.contract import MLFLOW_STATUS, FailureSummary, summarize_failures, trial_status
 from tests.conftest import TINY_TRIAL
 from trainables.checkpoint import CheckpointError
@@ -45,12 +46,12 @@ def test_one_status_table_for_searcher_tracker_and_progress(tmp_path, last, erro
     assert trial_outcome(last, errored, TOTAL, ["test_loss"])[0] == state  # the searcher
     assert MLFLOW_STATUS[status] == run_status
     ledger = Ledger(tmp_path / "trials_search.json")  # the tracker's ledger, fed as the callback feeds it
-    ledger.open("t_00000", "search", {"regime": "r1"}, {}, {})
+    ledger.open("t_00000", "search", Suggestion(cell="r1", regime_fraction=1.0), {}, {})
     if last:
         (ledger.add_failure if "error_kind" in last else ledger.add_point)("t_00000", last)
     assert ledger.finish("t_00000", errored, "", TOTAL, 0.1)["status"] == status
     progress = ProgressCallback("search", 1, "test_loss", TOTAL)
-    trial = Trial("scoreaug_trial", config={"regime": "r1"}, trial_id="t_00000", stub=True)
+    trial = Trial("scoreaug_trial", config=Suggestion(cell="r1", regime_fraction=1.0).to_tune(), trial_id="t_00000", stub=True)
     trial.run_metadata.last_result = dict(last or {})
     progress.on_trial_start(0, [], trial)
     (progress.on_trial_error if errored else progress.on_trial_complete)(0, [], trial)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.config import StudyConfig
-from study.scaling import non_dominated, scaling_markdown, scaling_summary
+from study.stats.scaling import non_dominated, scaling_markdown, scaling_summary
 
 ARM_PHASES = ("confirm", "ablation")
 
@@ -99,7 +99,7 @@ def parent_metrics(summary: dict) -> dict[str, float]:
 
 
 def write_scaling_report(config: StudyConfig, output: Path, rows: list[dict], records: list[dict]) -> ScalingReport:
-    from study.figures import curves_figure, nearest_figure, pareto_figure, scaling_figure
+    from study.report.figures import curves_figure, nearest_figure, pareto_figure, scaling_figure
 
     folder = output / "report"
     chosen = arm_rows(rows)

@@ -10,47 +10,9 @@ Two shapes, one loop:
 
 from __future__ import annotations
 
-import copy
-
-from trainables.config import TrialConfig
-from trainables.config_io import set_by_path
+from study.phases.suggestion import Suggestion
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
-
-
-def trial_config(base: dict, suggestion: dict) -> dict:
-    """The base trial config with the cell (regime and capacity), the seed and the searched overrides applied, validated."""
-    tree = copy.deepcopy(base)
-    tree["regime_fraction"] = suggestion["regime_fraction"]
-    tree["regime_images"] = suggestion.get("regime_images")
-    tree["seed"] = suggestion.get("seed", 0)
-    for path, value in {**suggestion.get("fixed", {}), **suggestion["overrides"]}.items():
-        set_by_path(tree, path, value)
-    return TrialConfig.model_validate(tree).model_dump()
-
-
-def resolve_trial(base: dict, suggestion: dict) -> dict:
-    """`{"trial": config}` for a valid suggestion, else `{"invalid": reason}`: the trial then fails at once,
-    unretried (a searched value that no config accepts is the search space's bug, not a fault)."""
-    from pydantic import ValidationError
-
-    from trainables.config_io import ConfigError, describe_validation_error
-
-    try:
-        return {"trial": trial_config(base, suggestion)}
-    except ValidationError as err:
-        return {"invalid": describe_validation_error(err, TrialConfig)}
-    except ConfigError as err:
-        return {"invalid": str(err)}
-
-
-def suggested_trial(base: dict, suggestion: dict) -> dict:
-    """The trial config a suggestion carries (resolved on the driver), or resolved now for one built without it."""
-    if "invalid" in suggestion:
-        from trainables.config_io import ConfigError
-
-        raise ConfigError(suggestion["invalid"])
-    return suggestion["trial"] if "trial" in suggestion else trial_config(base, suggestion)
 
 
 def trains_in_trial_process(resources: dict) -> bool:
@@ -70,7 +32,7 @@ def trial_resources(resources: dict) -> dict:
 def make_trainable(base_trial: dict, resources: dict, storage_path: str):
     """A Tune function trainable closed over the study's base config and resources."""
 
-    def scoreaug_trial(suggestion: dict) -> None:
+    def scoreaug_trial(suggestion: dict) -> None:  # Tune passes the suggestion as a dict
         from ray import tune
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
@@ -80,7 +42,7 @@ def make_trainable(base_trial: dict, resources: dict, storage_path: str):
         from trainables.ray_worker import train_in_trial_process, train_worker
 
         try:
-            config = suggested_trial(base_trial, suggestion)
+            config = Suggestion.from_tune(suggestion).trial_config(base_trial)
         except Exception as err:  # a suggestion the trial config rejects fails the same way on every retry
             kind = deterministic_kind(err)
             if kind is None:

@@ -12,9 +12,11 @@ import copy
 
 from ray.tune.schedulers import ASHAScheduler
 
+from study.phases.suggestion import Suggestion
+
 
 class PerCellASHA(ASHAScheduler):
-    """ASHA with one set of brackets per cell (`trial.config["regime"]`); everything else as Ray's."""
+    """ASHA with one set of brackets per cell (the trial's `Suggestion.cell`); everything else as Ray's."""
 
     def __init__(self, **asha_kwargs):
         super().__init__(**asha_kwargs)
@@ -22,7 +24,7 @@ class PerCellASHA(ASHAScheduler):
         self._cell_brackets: dict[str, list] = {}
 
     def on_trial_add(self, tune_controller, trial):
-        cell = trial.config.get("regime", "")
+        cell = Suggestion.from_tune(trial.config).cell
         # ASHA assigns the trial to one of `self._brackets`; make those the cell's own before it does.
         self._brackets = self._cell_brackets.setdefault(cell, copy.deepcopy(self._fresh_brackets))
         super().on_trial_add(tune_controller, trial)

@@ -6,7 +6,7 @@ import numpy as np
 
 from study.config import StudyConfig
 from study.contract import COMPARED_METRICS
-from study.seed_stats import format_spread, mean_and_spread, regimes_in_order
+from study.stats.seeds import format_spread, mean_and_spread, regimes_in_order
 
 ARM_COLUMNS = (*COMPARED_METRICS, "fid_floor")
 

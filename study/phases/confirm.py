@@ -12,11 +12,12 @@ import pickle
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from study.cells import Cell
+from study.phases.cells import Cell
+from study.phases.suggestion import Suggestion
 from study.config import ConfirmConfig, SearchConfig
-from study.scaling import non_dominated
+from study.stats.scaling import non_dominated
 from study.contract import BASELINE, BEST, baseline_overrides, study_name
-from study.searcher import load_regime_study
+from study.phases.searcher import load_regime_study
 
 
 def _violation(trial: FrozenTrial) -> float:
@@ -50,7 +51,7 @@ def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str
 
 
 def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: str, confirm: ConfirmConfig,
-                             search: SearchConfig, base_dropout: float) -> tuple[list[dict], list[str]]:
+                             search: SearchConfig, base_dropout: float) -> tuple[list[Suggestion], list[str]]:
     """Per cell: the picked ScoreAug trial, the baseline and each fixed arm (`confirm.arms`), each with
     `confirm.seeds` fresh seeds. A cell without a picked trial confirms its baseline only beside fixed arms."""
     suggestions, notes = [], []
@@ -73,7 +74,7 @@ def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: 
 class FixedSearcher(Searcher):
     """Hands out a fixed list of suggestions, once each, across resumes."""
 
-    def __init__(self, suggestions: list[dict]):
+    def __init__(self, suggestions: list[Suggestion]):
         super().__init__(metric=None, mode=None)
         self.suggestions = suggestions
         self.next_index = 0
@@ -82,7 +83,7 @@ class FixedSearcher(Searcher):
         if self.next_index >= len(self.suggestions):
             return Searcher.FINISHED
         self.next_index += 1
-        return self.suggestions[self.next_index - 1]
+        return self.suggestions[self.next_index - 1].to_tune()
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         pass

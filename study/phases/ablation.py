@@ -7,11 +7,12 @@ spread over seeds per arm. Trials go through the same trainable, tracking and re
 
 from __future__ import annotations
 
-from study.cells import Cell
+from study.phases.cells import Cell
+from study.phases.suggestion import Suggestion
 from study.config import StudyConfig
 
 
-def ablation_suggestions(config: StudyConfig, cells: list[Cell]) -> list[dict]:
+def ablation_suggestions(config: StudyConfig, cells: list[Cell]) -> list[Suggestion]:
     """One suggestion per (cell, arm, seed), seeds outermost so a cut-short run still covers every arm."""
     ablation = config.ablation
     return [cell.suggestion(role=arm, overrides=dict(overrides), seed=ablation.seed_offset + k)

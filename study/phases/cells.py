@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study.config import StudyConfig
+from study.phases.suggestion import Suggestion
 from trainables.data import pool_size, regime_size
 
 
@@ -24,16 +25,12 @@ class Cell:
     fixed: dict[str, Any] = field(default_factory=dict)  # the capacity's trial overrides
     base_trial: dict | None = field(default=None, compare=False, repr=False)  # the study's `trial:`, as a dict
 
-    def suggestion(self, **fields) -> dict:
-        """What Tune hands the trainable (and the tracker records) for one trial of this cell, with the trial config
-        resolved and validated here, on the driver, once (`trial`), or the reason it is not valid (`invalid`)."""
-        suggestion = {"regime": self.name, "regime_fraction": self.regime_fraction, "regime_images": self.regime_images,
-                      "images": self.images, "capacity": self.capacity, "fixed": dict(self.fixed), **fields}
-        if self.base_trial is not None:
-            from study.trial import resolve_trial
-
-            suggestion.update(resolve_trial(self.base_trial, suggestion))
-        return suggestion
+    def suggestion(self, **fields) -> Suggestion:
+        """One trial of this cell, with its trial config resolved and validated here, on the driver, once (or the
+        reason it is not valid)."""
+        suggestion = Suggestion(cell=self.name, regime_fraction=self.regime_fraction, regime_images=self.regime_images,
+                                images=self.images, capacity=self.capacity, fixed=dict(self.fixed), **fields)
+        return suggestion if self.base_trial is None else suggestion.resolved(self.base_trial)
 
 
 def _regimes(config: StudyConfig, pool: int) -> list[tuple[str, float, int | None, int]]:

@@ -17,16 +17,16 @@ from ray.tune.search import Searcher
 
 from study.config import StudyConfig
 from trainables.files import write_text_atomic
-from study.ablation import ablation_suggestions
-from study.confirm import FixedSearcher, confirmation_suggestions
-from study.plan import Node, describe, make_plan
-from study.preflight import check_study
-from study.progress import ProgressCallback
+from study.phases.ablation import ablation_suggestions
+from study.phases.confirm import FixedSearcher, confirmation_suggestions
+from study.driver.plan import Node, describe, make_plan
+from study.driver.preflight import check_study
+from study.tracking.progress import ProgressCallback
 from study.contract import PHASES, FailureSummary, summarize_failures
-from study.searcher import RegimeSearcher
-from study.ledger import load_records, records_file
-from study.tracking import MlflowTrialCallback, connect, log_parent_metrics, start_parent_run
-from study.trial import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
+from study.phases.searcher import RegimeSearcher
+from study.tracking.ledger import load_records, records_file
+from study.tracking.callback import MlflowTrialCallback, connect, log_parent_metrics, start_parent_run
+from study.driver.trainable import TRIAL_DRIVER_RESOURCE, make_trainable, trains_in_trial_process, trial_resources
 
 STATE_FILE = "study_state.json"
 
@@ -179,7 +179,7 @@ PHASE_BUILDERS = {"ablation": ablation_phase, "search": search_phase, "confirm":
 def early_stopping(config: StudyConfig):
     """ASHA on the scheduler's metric at eval points (kimg), in the search's direction, each cell on its own
     ladder (study/schedulers.py); None without early stopping."""
-    from study.schedulers import PerCellASHA
+    from study.phases.schedulers import PerCellASHA
 
     if config.scheduler.kind != "asha":
         return None
@@ -208,7 +208,7 @@ def run_study(config: StudyConfig, address: str | None = None, resume: bool = Fa
             _quietly(lambda: client.set_terminated(parent, "FAILED"))
         raise
 
-    from study.report import write_report
+    from study.report.results import write_report
 
     artifacts, headline = write_report(config, output, log)
     try:

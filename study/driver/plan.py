@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from study.cells import Cell, study_cells
+from study.phases.cells import Cell, study_cells
 from study.config import StudyConfig
-from study.cost import describe_cost
-from study.trial import trains_in_trial_process
+from study.driver.cost import describe_cost
+from study.driver.trainable import trains_in_trial_process
 
 
 class PlanError(RuntimeError):

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces.spaces import get_space
-from study.cells import Cell
+from study.phases.cells import Cell
 from study.contract import BASELINE, OPTUNA_STATE, SEARCHED, baseline_overrides, baseline_params, study_name, trial_status
 from study.config import SearchConfig
 
@@ -107,7 +107,7 @@ class RegimeSearcher(Searcher):
         trial.set_user_attr("overrides", overrides)
         self.live[trial_id] = (cell, trial.number)
         return self.cells[cell].suggestion(role=role, optuna_study=self.study_name(cell), optuna_trial=trial.number,
-                                           overrides=overrides, seed=0)
+                                           overrides=overrides, seed=0).to_tune()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get("memorization")

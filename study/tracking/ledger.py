@@ -10,8 +10,9 @@ import json
 import time
 from pathlib import Path
 
+from study.phases.suggestion import Suggestion
 from study.contract import FAILURE_KEYS, REPORTED_METRICS, trial_status
-from study.scaling import curve_statistics
+from study.stats.scaling import curve_statistics
 from trainables.files import write_text_atomic
 
 LEGACY_NAME = "mlflow_runs_{phase}.json"  # studies started before the ledger had its own name resume from it
@@ -33,15 +34,12 @@ def load_records(output: Path, phase: str) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run_name(suggestion: dict, trial_id: str) -> str:
-    """The MLflow run name: cell, role, then the seed of a seeded re-run or the Optuna trial number of a searched
-    one, then the Tune trial id (unique), so a chart's legend says which arm each curve is:
+def run_name(suggestion: Suggestion, trial_id: str, phase: str) -> str:
+    """The MLflow run name: cell, role, then the Optuna trial number of a searched trial or the seed of a seeded
+    re-run, then the Tune trial id (unique), so a chart's legend says which arm each curve is:
     `n22-baseline-s1000-3936e74c`, `n22-search-t2-5a21d311`."""
-    if "seed" in suggestion:
-        detail = f"s{suggestion['seed']}"
-    else:
-        detail = f"t{suggestion['optuna_trial']}" if suggestion.get("optuna_trial") is not None else None
-    parts = [suggestion["regime"], suggestion.get("role"), detail, trial_id]
+    searched = phase == "search" and suggestion.optuna_trial is not None
+    parts = [suggestion.cell, suggestion.role, f"t{suggestion.optuna_trial}" if searched else f"s{suggestion.seed}", trial_id]
     return "-".join(str(part) for part in parts if part)
 
 
@@ -65,10 +63,10 @@ class Ledger:
     def save(self) -> None:
         write_text_atomic(self.path, json.dumps(self.records, indent=1))
 
-    def open(self, trial_id: str, phase: str, suggestion: dict, params: dict, tags: dict) -> dict:
+    def open(self, trial_id: str, phase: str, suggestion: Suggestion, params: dict, tags: dict) -> dict:
         record = self.records[trial_id] = {
-            "run_id": None, "run_name": run_name(suggestion, trial_id), "tags": tags, "last_step": -1,
-            "phase": phase, "suggestion": suggestion, "params": params, "history": [], "started": time.time()}
+            "run_id": None, "run_name": run_name(suggestion, trial_id, phase), "tags": tags, "last_step": -1,
+            "phase": phase, "suggestion": suggestion.to_tune(), "params": params, "history": [], "started": time.time()}
         self.save()
         return record
 

@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 
 from study.config import StudyConfig
 from study.contract import COMPARED_METRICS, PHASES, REPORTED_METRICS
-from study.scaling import curve_statistics
-from study.seed_stats import format_spread, mean_and_spread, regimes_in_order
-from study.ledger import load_records
+from study.stats.scaling import curve_statistics
+from study.stats.seeds import format_spread, mean_and_spread, regimes_in_order
+from study.phases.suggestion import Suggestion
+from study.tracking.ledger import load_records
 
 # A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
 FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_seconds"))
@@ -50,18 +51,18 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
 
     rows = []
     for record in records:
-        suggestion, history = record["suggestion"], record.get("history", [])
+        suggestion, history = Suggestion.from_tune(record["suggestion"]), record.get("history", [])
         last = history[-1] if history else {}
         row = {
             "trial_id": record["trial_id"],
             "phase": record["phase"],
-            "regime": suggestion["regime"],
-            "regime_fraction": suggestion["regime_fraction"],
-            "images_in_regime": suggestion.get("images") or regime_size(pool, suggestion["regime_fraction"]),
-            "capacity": suggestion.get("capacity", ""),
-            "role": suggestion.get("role", ""),
-            "seed": suggestion.get("seed", 0),
-            "optuna_trial": suggestion.get("optuna_trial"),
+            "regime": suggestion.cell,
+            "regime_fraction": suggestion.regime_fraction,
+            "images_in_regime": suggestion.images or regime_size(pool, suggestion.regime_fraction),
+            "capacity": suggestion.capacity,
+            "role": suggestion.role,
+            "seed": suggestion.seed,
+            "optuna_trial": suggestion.optuna_trial,
             "status": record.get("status", "unfinished"),
             "failure_reason": record.get("reason", ""),
             "wall_time_s": (record.get("ended") or record["started"]) - record["started"],
@@ -224,7 +225,7 @@ def param_importances(config: StudyConfig, output: Path, regimes: list[str]) -> 
     import optuna
 
     from study.contract import study_name
-    from study.searcher import optuna_storage
+    from study.phases.searcher import optuna_storage
 
     storage = optuna_storage(f"sqlite:///{output / 'optuna.db'}")
     found = {}
@@ -256,7 +257,7 @@ def importances_markdown(importances: dict[str, dict[str, float]]) -> str:
 
 def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Path], dict[str, float]]:
     """Write results.parquet and the report; returns the files and the headline metrics for the study's parent run."""
-    from study.scaling_report import write_scaling_report
+    from study.report.scaling import write_scaling_report
     from trainables.data import pool_size
 
     records = _records(output)
@@ -286,7 +287,7 @@ def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Pat
 
 def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str,
                            log=print) -> list[Path]:
-    from study.ablation_report import arms_markdown, arms_plot, summarize_arms
+    from study.report.ablation import arms_markdown, arms_plot, summarize_arms
 
     summary = summarize_arms(config, rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")
@@ -312,6 +313,3 @@ def main(argv=None) -> int:
     write_report(load_study_config(str(args.study / "study_config.yaml")), args.study)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

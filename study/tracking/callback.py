@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study.contract import CURVE_METRICS, FAILED, MLFLOW_STATUS, REPORTED_METRICS
-from study.ledger import Ledger, nimg_step
+from study.phases.suggestion import Suggestion
+from study.tracking.ledger import Ledger, nimg_step
 from trainables.config_io import ConfigError, flatten
 
 
@@ -271,23 +272,21 @@ class MlflowTrialCallback(Callback):
         record = self.runs.get(trial.trial_id)
         if record:
             return record
-        suggestion = trial.config
-        from study.trial import suggested_trial
-
+        suggestion = Suggestion.from_tune(trial.config)
         try:
-            params = flatten(suggested_trial(self.base_trial, suggestion))
+            params = flatten(suggestion.trial_config(self.base_trial))
         except ConfigError:  # the trial fails at once and says why; its params are what it was asked to run
-            params = {**suggestion.get("fixed", {}), **suggestion.get("overrides", {})}
+            params = {**suggestion.fixed, **suggestion.overrides}
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
-            "regime": suggestion["regime"],
-            "images": str(suggestion.get("images", "")),  # the regime's training-set size
-            "capacity": suggestion.get("capacity", ""),
+            "regime": suggestion.cell,
+            "images": str(suggestion.images or ""),  # the regime's training-set size
+            "capacity": suggestion.capacity,
             "trial_id": trial.trial_id,
             "searcher": {"search": "optuna-tpe", "confirm": "confirmation"}.get(self.phase, self.phase),
             "phase": self.phase,
-            "role": suggestion.get("role", ""),
-            "optuna_trial": str(suggestion.get("optuna_trial", "")),
+            "role": suggestion.role,
+            "optuna_trial": "" if suggestion.optuna_trial is None else str(suggestion.optuna_trial),
         }
         record = self.ledger.open(trial.trial_id, self.phase, suggestion, params, tags)
         self.queue.call(trial.trial_id, "create_run")

@@ -7,6 +7,7 @@ import time
 
 from ray.tune import Callback
 
+from study.phases.suggestion import Suggestion
 from study.contract import DIVERGED, EARLY_STOPPED, FAILED, trial_status
 
 
@@ -42,16 +43,16 @@ class ProgressCallback(Callback):
         print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.running[trial.trial_id] = trial.config["regime"]
+        self.running[trial.trial_id] = Suggestion.from_tune(trial.config).cell
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         if isinstance(value, float) and value == value:
-            regime = trial.config["regime"]
+            regime = Suggestion.from_tune(trial.config).cell
             self.best[regime] = self.better(self.best.get(regime, value), value)
 
     def _end(self, trial, errored: bool) -> None:
-        regime = self.running.pop(trial.trial_id, trial.config["regime"])
+        regime = self.running.pop(trial.trial_id, None) or Suggestion.from_tune(trial.config).cell
         status = trial_status(trial.last_result, errored, self.total_kimg)
         self.finished[trial.trial_id] = {"regime": regime, "status": status}
         self._print()
