@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from study.config import load_study_config
 from study.report.results import main as report_main
 from study.driver.runner import run_study
+from study.tracking.ledger import load_records
 from tests.conftest import TINY_TRIAL
 
 pytestmark = pytest.mark.slow
@@ -143,11 +144,7 @@ def _tiny_study(output) -> list[str]:
 
 
 def _finished_trials(output) -> int:
-    path = output / "trials_search.json"
-    try:
-        return sum("status" in r for r in json.loads(path.read_text()).values()) if path.exists() else 0
-    except json.JSONDecodeError:
-        return 0
+    return sum("status" in r for r in load_records(output, "search").values())
 
 
 def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
@@ -172,7 +169,7 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=180) == 130, (tmp_path / "driver.log").read_text()[-2000:]
     assert json.loads((output / "study_state.json").read_text())["phase"] == "search"
-    interrupted_children = json.loads((output / "trials_search.json").read_text())
+    interrupted_children = load_records(output, "search")
 
     config = load_study_config(None, _tiny_study(output))
     run_study(config, resume=True, log=lambda *_: None)
@@ -217,8 +214,7 @@ def test_scaling_study_end_to_end(ray_session, tmp_path):
     confirm = [r for r in table if r["phase"] == "confirm"]
     assert sorted((r["images_in_regime"], r["role"], r["seed"]) for r in confirm) == sorted(
         (n, role, seed) for n in (8, 32) for role in ("baseline", "best") for seed in (1000, 1001))
-    records = {**json.loads((output / "trials_search.json").read_text()),
-               **json.loads((output / "trials_confirm.json").read_text())}
+    records = {**load_records(output, "search"), **load_records(output, "confirm")}
     for row in table:
         history = records[row["trial_id"]]["history"]
         assert [h["kimg"] for h in history] == pytest.approx([0.064, 0.128, 0.256])  # the log schedule

@@ -4,7 +4,6 @@ A real `mlflow server` is stopped and started again under the driver's callback,
 objects (stubs: no trainable runs). Events are driven directly, so the outage falls exactly where the test says.
 """
 
-import json
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
 from study.tracking.callback import MlflowTrialCallback, connect, start_parent_run
+from study.tracking.ledger import load_records
 from tests.conftest import TINY_TRIAL, free_port, mlflow_server
 from trainables.config import load_trial_config
 
@@ -76,14 +76,14 @@ def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tm
     stalled = time.monotonic() - stalled
     assert stalled < 60, f"the outage held the driver for {stalled:.0f} s"  # MLflow's default retries: minutes
     assert callback.pending and callback.failed_calls >= 1
-    records = json.loads(server.state_file.read_text())
+    records = load_records(server.state_file.parent, "search")
     assert records["during_00001"]["run_id"] is None  # not created yet, but every metric is on disk
     assert [p["kimg"] for p in records["during_00001"]["history"]] == [0.128, 0.256]
 
     with server.up() as url:  # back, same store and port
         callback.on_trial_complete(0, [], before)  # the next event flushes the queue in order, then logs its own
         assert not callback.pending
-        records = json.loads(server.state_file.read_text())
+        records = load_records(server.state_file.parent, "search")
         client = MlflowClient(tracking_uri=url)
         children = client.search_runs([server.experiment_id], "tags.phase = 'search'")
         assert sorted(r.data.tags["trial_id"] for r in children) == ["before_00000", "during_00001"]
@@ -110,7 +110,7 @@ def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_pa
         resumed = server.callback()
         resumed.on_experiment_end([])
         assert not resumed.pending
-        run_id = json.loads(server.state_file.read_text())["lost_00000"]["run_id"]
+        run_id = load_records(server.state_file.parent, "search")["lost_00000"]["run_id"]
         client = MlflowClient(tracking_uri=url)
         _check_run(client, run_id, [128, 256])
         assert len(client.search_runs([server.experiment_id], "tags.trial_id = 'lost_00000'")) == 1

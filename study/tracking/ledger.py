@@ -1,12 +1,22 @@
 """The driver's ledger: one record per trial of a phase, with everything it reported and how it ended.
 
 `results.parquet`, the report and the failure count are built from it, and a resumed driver replays from it
-whatever MLflow lacks. It is rewritten atomically at every event, so a killed driver loses nothing it saw.
+whatever MLflow lacks. It is an append-only log, `trials_<phase>.jsonl`: one short JSON line per event (a trial
+opened, an eval point, a failure report, its end, a mark such as its MLflow run id), so an event costs the same at
+the 10,000th trial as at the first, and a killed driver loses nothing it saw (each line is flushed as it happens;
+a trial's end is also fsync'd, so a host crash loses at most the events since the last ended trial). The records
+are rebuilt by replaying the lines; a line torn by a killed driver is ignored, and the next driver starts a new
+line after it.
+
+Study folders from before the log hold one JSON dict (`trials_<phase>.json`, or `mlflow_runs_<phase>.json` for
+the oldest): they are read as they are, and the first event a resumed driver records converts them once: their
+records become the log's first lines (written atomically), and the old file is left untouched, no longer read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +25,8 @@ from study.contract import FAILURE_KEYS, REPORTED_METRICS, trial_status
 from study.stats.scaling import curve_statistics
 from trainables.files import write_text_atomic
 
-LEGACY_NAME = "mlflow_runs_{phase}.json"  # studies started before the ledger had its own name resume from it
+LOG_NAME = "trials_{phase}.jsonl"
+LEGACY_NAMES = ("trials_{phase}.json", "mlflow_runs_{phase}.json")  # the rewritten JSON dicts of earlier drivers
 
 
 def nimg_step(kimg: float) -> int:
@@ -24,14 +35,81 @@ def nimg_step(kimg: float) -> int:
 
 
 def records_file(output: Path, phase: str) -> Path:
-    path = Path(output) / f"trials_{phase}.json"
-    legacy = Path(output) / LEGACY_NAME.format(phase=phase)
-    return legacy if legacy.exists() and not path.exists() else path
+    """The phase's ledger: its log, or in a folder written before the log, the JSON file that holds its records."""
+    log = Path(output) / LOG_NAME.format(phase=phase)
+    return log if log.exists() else next((path for path in _legacy_files(log) if path.exists()), log)
 
 
 def load_records(output: Path, phase: str) -> dict[str, dict]:
-    path = records_file(output, phase)
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read(Path(output) / LOG_NAME.format(phase=phase))[0]
+
+
+def _log_path(path: Path) -> Path:
+    """The log of the ledger any of its names point to (the log itself, or a legacy JSON file of the phase)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return path
+    stem = "trials_" + path.stem.removeprefix("mlflow_runs_") if path.stem.startswith("mlflow_runs_") else path.stem
+    return path.with_name(f"{stem}.jsonl")
+
+
+def _legacy_files(log: Path) -> list[Path]:
+    files = [log.with_suffix(".json")]
+    if log.stem.startswith("trials_"):
+        files.append(log.with_name(f"mlflow_runs_{log.stem.removeprefix('trials_')}.json"))
+    return files
+
+
+def _read(log: Path) -> tuple[dict[str, dict], bool]:
+    """The records, and whether they come from a legacy JSON file (not yet converted to the log)."""
+    if log.exists():
+        return replay(log.read_text().splitlines()), False
+    for legacy in _legacy_files(log):
+        if legacy.exists():
+            return json.loads(legacy.read_text()), True
+    return {}, False
+
+
+def replay(lines) -> dict[str, dict]:
+    """The records the log's lines build; a line that does not parse (torn by a killed driver) is skipped."""
+    records: dict[str, dict] = {}
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        _apply(records, event)
+    return records
+
+
+def _apply(records: dict[str, dict], event: dict) -> None:
+    """One event on the records: the same code builds them in memory and on reload, so both are alike."""
+    if event["e"] == "open":
+        records[event["id"]] = event["r"]
+        return
+    record = records.get(event["id"])
+    if record is None:  # its open line was torn: the driver that wrote it died at once
+        return
+    if event["e"] == "point":
+        record["last_step"] = event["s"]
+        record["last_result"] = event["p"]
+        record["history"].append(event["p"])
+        if "f" in event and "first_step_at" not in record:
+            record["first_step_at"] = event["f"]
+    else:
+        record.update(event["set"])
+
+
+def _line(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":")) + "\n"
+
+
+def _ends_torn(log) -> bool:
+    """Whether the file (opened a+b) has a last line without its newline: a write cut short."""
+    if log.seek(0, os.SEEK_END) == 0:
+        return False
+    log.seek(-1, os.SEEK_END)
+    return log.read(1) != b"\n"
 
 
 def run_name(suggestion: Suggestion, trial_id: str, phase: str) -> str:
@@ -50,24 +128,48 @@ def failure_reason(failure: dict) -> str:
 
 
 class Ledger:
-    """The records of one phase, keyed by Tune trial id."""
+    """The records of one phase, keyed by Tune trial id. `path` may name the log or a legacy JSON file of the
+    phase (what `records_file` returns); the ledger always appends to the log."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = _log_path(path)
         self.records: dict[str, dict] = {}
         self.reload()
 
     def reload(self) -> None:
-        self.records = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.records, self._legacy = _read(self.path)
+        self._check_tail = True  # the last line may be torn: the first append starts a new one if so
 
-    def save(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.records, indent=1))
+    def _record(self, event: dict, sync: bool = False) -> None:
+        """Append the event to the log as one line, then apply it to the records."""
+        if event["e"] != "open" and event["id"] not in self.records:
+            raise KeyError(event["id"])
+        line = _line(event)
+        if self._legacy:
+            self._convert()
+        if self._check_tail:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as log:
+            if self._check_tail and _ends_torn(log):
+                line = "\n" + line
+            self._check_tail = True  # until this write is known to be whole
+            log.write(line.encode())
+            log.flush()
+            if sync:
+                os.fsync(log.fileno())
+        self._check_tail = False
+        _apply(self.records, event)
+
+    def _convert(self) -> None:
+        """The earlier driver's JSON dict becomes the log's first lines, once, before the first new event."""
+        write_text_atomic(self.path, "".join(_line({"e": "open", "id": trial_id, "r": record})
+                                             for trial_id, record in self.records.items()))
+        self._legacy = False
 
     def open(self, trial_id: str, phase: str, suggestion: Suggestion, params: dict, tags: dict) -> dict:
-        record = self.records[trial_id] = {
-            "run_id": None, "run_name": run_name(suggestion, trial_id, phase), "tags": tags, "last_step": -1,
-            "phase": phase, "suggestion": suggestion.to_tune(), "params": params, "history": [], "started": time.time()}
-        self.save()
+        record = {"run_id": None, "run_name": run_name(suggestion, trial_id, phase), "tags": tags, "last_step": -1,
+                  "phase": phase, "suggestion": suggestion.to_tune(), "params": params, "history": [], "started": time.time()}
+        self._record({"e": "open", "id": trial_id, "r": record})
         return record
 
     def add_point(self, trial_id: str, result: dict) -> int | None:
@@ -76,29 +178,25 @@ class Ledger:
         step = nimg_step(result.get("kimg", 0.0))
         if step <= record["last_step"]:
             return None
-        record["last_step"] = step
-        record["last_result"] = {k: result[k] for k in REPORTED_METRICS if k in result}
+        event = {"e": "point", "id": trial_id, "s": step, "p": {k: result[k] for k in REPORTED_METRICS if k in result}}
         if "first_step_at" in result and "first_step_at" not in record:
-            record["first_step_at"] = result["first_step_at"]
-        record["history"].append(record["last_result"])
-        self.save()
+            event["f"] = result["first_step_at"]
+        self._record(event)
         return step
 
     def add_failure(self, trial_id: str, result: dict) -> None:
         """The trial's one failure report (trainables/failures.py): kept for its status, never an eval point."""
-        self.records[trial_id]["failure"] = {k: result[k] for k in FAILURE_KEYS if k in result}
-        self.save()
+        self._record({"e": "failure", "id": trial_id, "set": {"failure": {k: result[k] for k in FAILURE_KEYS if k in result}}})
 
     def finish(self, trial_id: str, errored: bool, reason: str, total_kimg: float, onset_threshold: float) -> dict:
         """Close the record: its status (contract.trial_status), reason and curve statistics."""
         record = self.records[trial_id]
         failure = record.get("failure", {})
         status = trial_status({**record.get("last_result", {"kimg": 0.0}), **failure}, errored, total_kimg)
-        record.update(status=status, reason=(failure_reason(failure) if failure else reason)[:500], ended=time.time(),
-                      curve=curve_statistics(record["history"], onset_threshold))
-        self.save()
+        ending = {"status": status, "reason": (failure_reason(failure) if failure else reason)[:500], "ended": time.time(),
+                  "curve": curve_statistics(record["history"], onset_threshold)}
+        self._record({"e": "finish", "id": trial_id, "set": ending}, sync=True)
         return record
 
     def mark(self, trial_id: str, **fields) -> None:
-        self.records[trial_id].update(fields)
-        self.save()
+        self._record({"e": "mark", "id": trial_id, "set": fields})
