@@ -1,0 +1,107 @@
+"""One driver per study folder: a second driver is refused, in one line naming the holder, and changes nothing; a
+dead driver's lease is taken over; the lease goes with its holder's exit and is kept alive by its heartbeat."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from study.driver.lease import LEASE_FILE, TTL_ENV, Holder, StudyLease, StudyLocked
+from tests.conftest import ROOT
+
+
+def _listing(folder) -> dict:
+    """Every entry of the folder with its modification time and size, and the folder's own modification time."""
+    entries = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+    return {**entries, ".": folder.stat().st_mtime_ns}
+
+
+def _poll(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def _lease(folder, host: str, heartbeat_age: float) -> None:
+    now = time.time()
+    holder = {"host": host, "pid": 4242, "started": now - 3600, "heartbeat": now - heartbeat_age, "token": "theirs"}
+    (folder / LEASE_FILE).write_text(json.dumps(holder))
+
+
+def test_a_second_driver_is_refused_in_one_line_and_changes_nothing(tmp_path):
+    (tmp_path / "trials_search.jsonl").write_text("{}\n")
+    with StudyLease(tmp_path, ttl_s=30):
+        before = _listing(tmp_path)
+        with pytest.raises(StudyLocked) as refused:
+            with StudyLease(tmp_path, ttl_s=30):
+                pytest.fail("a second driver got the lease")
+        assert _listing(tmp_path) == before
+    message = str(refused.value)
+    assert "\n" not in message and isinstance(refused.value, RuntimeError)
+    assert f"the driver on {socket.gethostname()} (pid {os.getpid()}) since " in message
+    assert "--resume" in message and "--output" in message
+    assert not (tmp_path / LEASE_FILE).exists()
+
+
+def test_a_killed_drivers_lease_is_taken_over_at_once(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from study.driver.lease import StudyLease; "
+         "StudyLease(sys.argv[1], ttl_s=600).__enter__(); print('held', flush=True); time.sleep(600)", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StudyLocked, match=f"pid {holder.pid}"):
+            StudyLease(tmp_path, ttl_s=600).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    notes = []
+    with StudyLease(tmp_path, ttl_s=600, log=notes.append) as lease:  # same host, its process gone: no TTL to wait
+        assert Holder.read(tmp_path / LEASE_FILE).token == lease.token
+    assert len(notes) == 1 and f"took over the stale lease of the driver on {socket.gethostname()} (pid {holder.pid})" in notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_a_lease_without_a_heartbeat_for_the_ttl_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setenv(TTL_ENV, "2")
+    _lease(tmp_path, "elsewhere", heartbeat_age=1)
+    with pytest.raises(StudyLocked, match="the driver on elsewhere \\(pid 4242\\)"):
+        StudyLease(tmp_path).acquire()
+    _lease(tmp_path, "elsewhere", heartbeat_age=5)
+    with StudyLease(tmp_path) as lease:
+        assert Holder.read(tmp_path / LEASE_FILE).token == lease.token
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_the_lease_is_released_when_the_driver_fails(tmp_path, error):
+    with pytest.raises(error):
+        with StudyLease(tmp_path, ttl_s=30):
+            assert (tmp_path / LEASE_FILE).exists()
+            raise error()
+    assert not (tmp_path / LEASE_FILE).exists()
+    with StudyLease(tmp_path, ttl_s=30):  # the next driver simply takes it
+        pass
+
+
+def test_the_heartbeat_renews_and_a_lease_taken_over_is_never_removed(tmp_path):
+    path = tmp_path / LEASE_FILE
+    with StudyLease(tmp_path, ttl_s=30, heartbeat_s=0.05) as lease:
+        first = Holder.read(path)
+        assert _poll(lambda: Holder.read(path).heartbeat > first.heartbeat)
+        assert Holder.read(path).started == first.started and Holder.read(path).token == lease.token
+
+        def take_over() -> bool:
+            """Another driver takes the lease over (this one stalled past the TTL); again if a renewal already under
+            way replaced it, the window that a lease without flock cannot close."""
+            if Holder.read(path).token != "theirs":
+                _lease(tmp_path, "elsewhere", heartbeat_age=0)
+            return False
+
+        assert _poll(lambda: lease.lost is not None or take_over()) and lease.lost.host == "elsewhere"
+    assert Holder.read(path).token == "theirs"  # not ours to remove
