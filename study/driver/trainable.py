@@ -5,7 +5,8 @@ Two shapes, one loop:
   resource (`trial_driver`), never a CPU, so on a small machine trial drivers cannot starve their own workers.
 - one worker in the trial's own process (Ray Train's local mode, `num_workers=0`): Tune reuses that process
   from trial to trial, so a trial starts warm (torch imported, data cached) instead of spawning a controller
-  and a worker and importing torch again, which costs 10-20 s per trial on a 2-core machine.
+  and a worker and importing torch again, which cost 17.5 s per trial on a 2-core machine (bench/study_overhead.py
+  with resources.reuse_trial_process=false; docs/results.md, "What the studies cost").
 """
 
 from __future__ import annotations
