@@ -31,7 +31,7 @@ from trainables.session import LocalSession  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_share.json"
 TARGET_SHARE = 0.15
-# The scaling study's trial (SCOREAUG.md): 72 digits, digits-tiny; eval sizes as study/configs/demo.yaml.
+# The scaling study's trial (study/configs/scaling.yaml) at 72 digits, digits-tiny; eval sizes as study/configs/demo.yaml.
 STUDY_TRIAL = [
     "dataset=digits", "model.preset=digits-tiny", "regime_images=72", "train.batch_size=64", "train.lr=0.002",
     "train.lr_rampup_kimg=0.5", "eval.schedule=log", "eval.fid_at=every",

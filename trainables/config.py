@@ -18,7 +18,7 @@ TransformName = Literal["hflip", "vflip", "rot90", "translate", "brightness", "c
 ALL_TRANSFORMS: tuple[str, ...] = get_args(TransformName)  # their order numbers the transforms in the labels
 DatasetName = Literal[DATASET_NAMES]
 
-# Covers sigma 0.02..10 with most points in 0.1..2, where the train/test gap is largest (SCOREAUG.md).
+# Covers sigma 0.02..10 with most points in 0.1..2, where the train/test gap is largest (docs/method.md).
 DEFAULT_LOSS_SIGMAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 2.0, 4.0, 10.0]
 
 
