@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from study.report.scaling import scaling_markdown
 from study.stats.scaling import (Estimate, bootstrap, crossing_size, curve_statistics, mean_crossing, onset_fit, onset_kimg,
-                           scaling_markdown, scaling_summary)
+                                 scaling_summary)
 
 
 def logistic(n, n50, steepness=3.0):

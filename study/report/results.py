@@ -1,4 +1,4 @@
-"""Results and the scaling report: results.parquet, per-regime summaries with seed spread, plots.
+"""Results and the report: results.parquet, per-regime summaries with seed spread, their tables and figures.
 
 Everything is built from the tracking records the driver kept for each trial (one per trial,
 across resumes), so the table covers every trial exactly once.
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.config import StudyConfig
-from study.contract import COMPARED_METRICS, PHASES, REPORTED_METRICS
-from study.stats.scaling import curve_statistics
-from study.stats.seeds import format_spread, mean_and_spread, regimes_in_order
+from study.config import StudyConfig, optuna_url
+from study.contract import COMPARED_METRICS, REPORTED_METRICS, TRIAL_PHASES, UNFINISHED, Phase, Role, Status, status_counts
 from study.phases.suggestion import Suggestion
+from study.report.formatting import MISSING, spread
+from study.stats.scaling import curve_statistics
+from study.stats.seeds import mean_and_spread, regimes_in_order
 from study.tracking.ledger import load_records
 
 # A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
@@ -26,7 +28,7 @@ FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_sec
 
 
 def _records(output: Path) -> list[dict]:
-    return [{"trial_id": trial_id, **record} for phase in PHASES
+    return [{"trial_id": trial_id, **record} for phase in TRIAL_PHASES
             for trial_id, record in load_records(output, phase).items()]
 
 
@@ -63,7 +65,7 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
             "role": suggestion.role,
             "seed": suggestion.seed,
             "optuna_trial": suggestion.optuna_trial,
-            "status": record.get("status", "unfinished"),
+            "status": record.get("status", UNFINISHED),
             "failure_reason": record.get("reason", ""),
             "wall_time_s": (record.get("ended") or record["started"]) - record["started"],
             "trial_started_at": record["started"],
@@ -97,12 +99,12 @@ def summarize(rows: list[dict]) -> list[dict]:
     from scipy import stats
 
     out = []
-    confirm = [r for r in rows if r["phase"] == "confirm" and r["status"] == "completed"]
+    confirm = [r for r in rows if r["phase"] == Phase.CONFIRM and r["status"] == Status.COMPLETED]
     for regime in regimes_in_order(rows):
         mine = [r for r in confirm if r["regime"] == regime]
         any_row = next(r for r in rows if r["regime"] == regime)
         entry = {"regime": regime, "regime_fraction": any_row["regime_fraction"], "images_in_regime": any_row["images_in_regime"]}
-        for role in ("best", "baseline"):
+        for role in (Role.BEST, Role.BASELINE):
             group = [r for r in mine if r["role"] == role]
             entry[f"{role}_seeds"] = len(group)
             for metric in COMPARED_METRICS:
@@ -112,8 +114,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry["fid_floor"] = float(np.mean(floors)) if floors else None
         b, s = entry.get("baseline_fid_mean"), entry.get("best_fid_mean")
         entry["fid_relative_improvement"] = (b - s) / b if b and s is not None else None
-        best_f = [r["fid"] for r in mine if r["role"] == "best" and r["fid"] is not None]
-        base_f = [r["fid"] for r in mine if r["role"] == "baseline" and r["fid"] is not None]
+        best_f = [r["fid"] for r in mine if r["role"] == Role.BEST and r["fid"] is not None]
+        base_f = [r["fid"] for r in mine if r["role"] == Role.BASELINE and r["fid"] is not None]
         if len(best_f) >= 2 and len(base_f) >= 2:
             entry["fid_welch_p"] = float(stats.ttest_ind(best_f, base_f, equal_var=False).pvalue)
             spread = (entry["best_fid_std"] or 0) + (entry["baseline_fid_std"] or 0)
@@ -125,6 +127,12 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _roles(entry: dict, metric: str, seed_spread: bool = True, between: str = " | ") -> str:
+    """Baseline's then best ScoreAug's mean of `metric`, each with its seed spread where asked."""
+    return between.join(spread(entry[f"{role}_{metric}_mean"], entry[f"{role}_{metric}_std"] if seed_spread else None)
+                        for role in (Role.BASELINE, Role.BEST))
+
+
 def summary_markdown(summary: list[dict], notes: list[str]) -> str:
     lines = ["| regime | images | FID baseline | FID best ScoreAug | FID floor | FID test baseline | FID test best | "
              "loss gap baseline | loss gap best | memorization base / best | leakage base / best | rel. FID gain | exceeds spread |",
@@ -132,71 +140,22 @@ def summary_markdown(summary: list[dict], notes: list[str]) -> str:
     for e in summary:
         rel = e.get("fid_relative_improvement")
         lines.append(
-            f"| {e['regime']} | {e['images_in_regime']} | {format_spread(e['baseline_fid_mean'], e['baseline_fid_std'])} | "
-            f"{format_spread(e['best_fid_mean'], e['best_fid_std'])} | {format_spread(e['fid_floor'], None)} | "
-            f"{format_spread(e['baseline_fid_test_mean'], e['baseline_fid_test_std'])} | {format_spread(e['best_fid_test_mean'], e['best_fid_test_std'])} | "
-            f"{format_spread(e['baseline_loss_gap_mean'], e['baseline_loss_gap_std'])} | {format_spread(e['best_loss_gap_mean'], e['best_loss_gap_std'])} | "
-            f"{format_spread(e['baseline_memorization_mean'], None)} / {format_spread(e['best_memorization_mean'], None)} | "
-            f"{format_spread(e['baseline_leakage_mean'], None)} / {format_spread(e['best_leakage_mean'], None)} | "
-            f"{'n/a' if rel is None else f'{rel:+.1%}'} | {e['fid_difference_exceeds_spread']} |")
+            f"| {e['regime']} | {e['images_in_regime']} | {_roles(e, 'fid')} | {spread(e['fid_floor'], None)} | "
+            f"{_roles(e, 'fid_test')} | {_roles(e, 'loss_gap')} | {_roles(e, 'memorization', False, ' / ')} | "
+            f"{_roles(e, 'leakage', False, ' / ')} | {MISSING if rel is None else f'{rel:+.1%}'} | "
+            f"{e['fid_difference_exceeds_spread']} |")
     lines.append("")
     lines.append("Means ± sample standard deviation over confirmation seeds; FID compared only at equal sample count and feature space.")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
-def _plots(summary: list[dict], records: list[dict], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    paths = []
-    sizes = [e["images_in_regime"] for e in summary]
-    for metric, label in (("fid", "FID"), ("loss_gap", "loss gap (test - train)"), ("fid_test", "FID vs held-out")):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for role, name in (("baseline", "baseline (EDM)"), ("best", "best ScoreAug")):
-            means = [e.get(f"{role}_{metric}_mean") for e in summary]
-            stds = [e.get(f"{role}_{metric}_std") or 0.0 for e in summary]
-            points = [(x, m, s) for x, m, s in zip(sizes, means, stds) if m is not None]
-            if points:
-                xs, ms, ss = zip(*points)
-                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=name)
-        floors = [e["fid_floor"] for e in summary if e.get("fid_floor") is not None]
-        if metric.startswith("fid") and floors:
-            ax.axhline(float(np.mean(floors)), color="gray", linestyle=":", label="real-vs-real floor (same N)")
-        ax.set_xscale("log")
-        ax.set_xticks(sizes, [str(x) for x in sizes])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("training images")
-        ax.set_ylabel(label)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = folder / f"{metric}_vs_size.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for record in records:
-        if record["phase"] != "confirm" or record["suggestion"].get("seed") != min(r["suggestion"].get("seed", 0) for r in records if r["phase"] == "confirm"):
-            continue
-        history = [h for h in record.get("history", []) if "loss_gap" in h]
-        if history:
-            style = "-" if record["suggestion"]["role"] == "best" else "--"
-            ax.plot([h["kimg"] for h in history], [h["loss_gap"] for h in history], style,
-                    label=f"{record['suggestion']['regime']} {record['suggestion']['role']}")
-    ax.set_xlabel("kimg")
-    ax.set_ylabel("loss gap")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = folder / "loss_gap_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(path)
-    return paths
+def first_seed_curves(records: list[dict]) -> list[dict]:
+    """Each confirmed trial of the lowest seed, for the loss-gap curves: one line per cell and role."""
+    confirmed = [r for r in records if r["phase"] == Phase.CONFIRM]
+    first = min((r["suggestion"].get("seed", 0) for r in confirmed), default=None)
+    return [{"label": f"{r['suggestion']['regime']} {r['suggestion']['role']}", "role": r["suggestion"]["role"],
+             "history": r.get("history", [])} for r in confirmed if r["suggestion"].get("seed") == first]
 
 
 def best_configs(config: StudyConfig, rows: list[dict], folder: Path) -> list[Path]:
@@ -204,9 +163,9 @@ def best_configs(config: StudyConfig, rows: list[dict], folder: Path) -> list[Pa
     trial best in the first objective."""
     paths = []
     metric = config.confirm.pick_by or config.search.objective_names[0]
-    search = [r for r in rows if r["phase"] == "search" and r["status"] == "completed" and r["role"] != "baseline"
+    search = [r for r in rows if r["phase"] == Phase.SEARCH and r["status"] == Status.COMPLETED and r["role"] != Role.BASELINE
               and r.get(metric) is not None]
-    confirmed = {(r["regime"], r["optuna_trial"]) for r in rows if r["phase"] == "confirm" and r["role"] == "best"}
+    confirmed = {(r["regime"], r["optuna_trial"]) for r in rows if r["phase"] == Phase.CONFIRM and r["role"] == Role.BEST}
     choose = min if config.search.mode == "min" else max
     for regime in regimes_in_order(search):
         mine = [r for r in search if r["regime"] == regime]
@@ -227,7 +186,7 @@ def param_importances(config: StudyConfig, output: Path, regimes: list[str]) -> 
     from study.contract import study_name
     from study.phases.searcher import optuna_storage
 
-    storage = optuna_storage(f"sqlite:///{output / 'optuna.db'}")
+    storage = optuna_storage(optuna_url(output))
     found = {}
     for regime in regimes:
         try:
@@ -248,15 +207,26 @@ def importances_markdown(importances: dict[str, dict[str, float]]) -> str:
     params = sorted({p for imp in importances.values() for p in imp})
     lines = ["| regime | " + " | ".join(params) + " |", "|---|" + "---|" * len(params)]
     for regime, imp in importances.items():
-        lines.append(f"| {regime} | " + " | ".join(f"{imp[p]:.2f}" if p in imp else "n/a" for p in params) + " |")
+        lines.append(f"| {regime} | " + " | ".join(f"{imp[p]:.2f}" if p in imp else MISSING for p in params) + " |")
     lines.append("")
     lines.append("Optuna fANOVA importance of each searched parameter for the search metric, per regime (sums to 1); "
                  "parameters that only some trials have (conditional ones) are not rated.")
     return "\n".join(lines) + "\n"
 
 
-def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Path], dict[str, float]]:
-    """Write results.parquet and the report; returns the files and the headline metrics for the study's parent run."""
+@dataclass
+class StudyReport:
+    """What a written report hands back: its files, the statistics for the parent run, and the headline lines."""
+
+    artifacts: list[Path]
+    parent_metrics: dict[str, float]
+    headline: list[str]
+
+
+def write_report(config: StudyConfig, output: Path) -> StudyReport:
+    """Write results.parquet and the report (report/summary.md, or report/ablation.md for an ablation)."""
+    from study.report.figures import loss_gap_curves_figure, size_figures
+    from study.report.headline import headline_lines
     from study.report.scaling import write_scaling_report
     from trainables.data import pool_size
 
@@ -267,35 +237,32 @@ def write_report(config: StudyConfig, output: Path, log=print) -> tuple[list[Pat
     report.mkdir(exist_ok=True)
     scaling = write_scaling_report(config, output, rows, records)
     if config.ablation:
-        artifacts = _write_ablation_report(config, rows, output, report, scaling.markdown, log)
-        return artifacts + scaling.artifacts, scaling.parent_metrics
+        artifacts = _write_ablation_report(config, rows, output, report, scaling.markdown)
+        return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, []))
     summary = summarize(rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
-    notes = [f"{sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "early_stopped", "diverged", "failed")]
-    markdown = summary_markdown(summary, notes)
+    markdown = summary_markdown(summary, status_counts([r["status"] for r in rows]))
     importances = param_importances(config, output, [e["regime"] for e in summary])
     (report / "importances.json").write_text(json.dumps(importances, indent=1))
     markdown += "\n" + scaling.markdown
     markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
     (report / "summary.md").write_text(markdown)
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
-    artifacts += _plots(summary, records, report)
+    artifacts += size_figures(summary, report) + loss_gap_curves_figure(first_seed_curves(records), report)
     artifacts += best_configs(config, rows, report)
-    log(markdown)
-    return artifacts + scaling.artifacts, scaling.parent_metrics
+    return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, summary))
 
 
-def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str,
-                           log=print) -> list[Path]:
-    from study.report.ablation import arms_markdown, arms_plot, summarize_arms
+def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str) -> list[Path]:
+    from study.report.ablation import arms_markdown, summarize_arms
+    from study.report.figures import arms_figure
 
     summary = summarize_arms(config, rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")
-    notes = [f"- {sum(r['status'] == s for r in rows)} trials {s}" for s in ("completed", "diverged", "failed")]
+    notes = [f"- {note}" for note in status_counts([r["status"] for r in rows])]
     markdown = arms_markdown(summary) + "\n".join(notes) + "\n\n" + scaling_markdown
     (report / "ablation.md").write_text(markdown)
-    log(markdown)
-    return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_plot(summary, report)]
+    return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_figure(summary, report)]
 
 
 def main(argv=None) -> int:
@@ -310,6 +277,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.study / "study_config.yaml").is_file():
         parser.error(f"{args.study} holds no study_config.yaml: not a study's output folder")
-    write_report(load_study_config(str(args.study / "study_config.yaml")), args.study)
+    report = write_report(load_study_config(str(args.study / "study_config.yaml")), args.study)
+    print("\n".join(report.headline))
     return 0
 

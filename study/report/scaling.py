@@ -2,8 +2,8 @@
 
 Arms are the seeded re-runs a study makes for comparison: the confirmation phase's baseline and best
 ScoreAug config, or an ablation's arms. Their per-trial curve statistics become memorization-vs-N curves,
-N50 and EMM with bootstrap intervals, onset-vs-N fits and ScoreAug's data multiplier (study/scaling.py);
-the figures show them (study/figures.py). A search's trials enter only the Pareto fronts: they ran one
+N50 and EMM with bootstrap intervals, onset-vs-N fits and ScoreAug's data multiplier (study/stats/scaling.py);
+the tables here and the figures (study/report/figures/) show them. A search's trials enter only the Pareto fronts: they ran one
 seed each, under a searcher that chose them.
 """
 
@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.config import StudyConfig
-from study.stats.scaling import non_dominated, scaling_markdown, scaling_summary
+from study.contract import Phase, Status
+from study.report.formatting import MISSING, interval, number, spread
+from study.stats.scaling import non_dominated, scaling_summary
 
-ARM_PHASES = ("confirm", "ablation")
+ARM_PHASES = (Phase.CONFIRM, Phase.ABLATION)
 
 
 @dataclass
 class ScalingReport:
     markdown: str
+    summary: dict
     artifacts: list[Path] = field(default_factory=list)
     parent_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -30,7 +33,7 @@ class ScalingReport:
 def arm_rows(rows: list[dict]) -> list[dict]:
     """The completed seeded re-runs, in the shape the estimators take (arm, capacity, images, seed, statistics)."""
     return [{**row, "arm": row["role"], "images": row["images_in_regime"]}
-            for row in rows if row["phase"] in ARM_PHASES and row["status"] == "completed"]
+            for row in rows if row["phase"] in ARM_PHASES and row["status"] == Status.COMPLETED]
 
 
 def curves(records: list[dict], rows: list[dict]) -> list[dict]:
@@ -47,8 +50,8 @@ def pareto_fronts(config: StudyConfig, rows: list[dict]) -> list[dict]:
     names = config.search.objective_names[:2] if config.search.objectives else [config.search.metric, "memorization_max"]
     limit = config.search.max_memorization
     fronts = []
-    for cell in dict.fromkeys(r["regime"] for r in rows if r["phase"] == "search"):
-        done = [r for r in rows if r["phase"] == "search" and r["regime"] == cell and r["status"] == "completed"
+    for cell in dict.fromkeys(r["regime"] for r in rows if r["phase"] == Phase.SEARCH):
+        done = [r for r in rows if r["phase"] == Phase.SEARCH and r["regime"] == cell and r["status"] == Status.COMPLETED
                 and all(r.get(n) is not None for n in names)]
         if not done:
             continue
@@ -73,6 +76,43 @@ def nearest_pairs(output: Path, rows: list[dict]) -> tuple[dict[str, Path], int 
         if grids and row["arm"] not in pairs:
             pairs[row["arm"]] = grids[-1]
     return pairs, smallest[1]
+
+
+def per_size_markdown(summary: dict) -> str:
+    """Per capacity, size and arm: memorization with its interval, onset, and sample quality with and without copies."""
+    lines = ["| capacity | images | arm | seeds | memorization (max) | onset kimg (median) | best fid_test | "
+             "best fid_test while copying < threshold (seeds) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(summary["per_size"], key=lambda r: (r["capacity"], r["images"], r["arm"])):
+        onset = number(row["onset_kimg_median"]) if row["onset_kimg_median"] is not None else "not reached"
+        lines.append(
+            f"| {row['capacity'] or MISSING} | {row['images']} | {row['arm']} | {row['seeds']} "
+            f"| {interval(row['memorization_max_mean'], row['memorization_max_low'], row['memorization_max_high'])} "
+            f"| {onset} ({row['onset_reached']} of {row['onset_reached'] + row['onset_censored']}) "
+            f"| {spread(row['best_fid_test_mean'], row['best_fid_test_std'])} "
+            f"| {spread(row.get('uncopied_fid_test_mean'), row.get('uncopied_fid_test_std'))} ({row.get('uncopied_seeds', 0)}) |")
+    return "\n".join(lines) + "\n"
+
+
+def scaling_markdown(summary: dict) -> str:
+    """The per-arm scaling table and the data multipliers, as markdown for the report."""
+    lines = ["| capacity | arm | N50 | EMM | onset slope (kimg per image) | onset intercept (kimg) | onset points / censored |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in summary["per_arm"]:
+        lines.append(
+            f"| {row['capacity'] or MISSING} | {row['arm']} "
+            f"| {interval(row['n50'], row['n50_low'], row['n50_high'], row['n50_bound'], row['n50_defined'])} "
+            f"| {interval(row['emm'], row['emm_low'], row['emm_high'], row['emm_bound'], row['emm_defined'])} "
+            f"| {interval(row['onset_slope'], row['onset_slope_low'], row['onset_slope_high'])} "
+            f"| {interval(row['onset_intercept'], row.get('onset_intercept_low'), row.get('onset_intercept_high'))} "
+            f"| {row['onset_points']} / {row['onset_censored']} |")
+    lines += ["", "| capacity | arm | reference | data multiplier |", "| --- | --- | --- | --- |"]
+    for row in summary["multipliers"]:
+        multiplier = (f">= {number(row['lower_bound'])}" if row["lower_bound"] is not None
+                      else interval(row["data_multiplier"], row["low"], row["high"], defined=row["defined"]))
+        lines.append(f"| {row['capacity'] or MISSING} | {row['arm']} | {row['reference']} | {multiplier} |")
+    lines += ["", "Intervals are 95% percentile bootstrap intervals over training seeds (resampled within each "
+                  "size, fixed bootstrap seed); censored onsets are excluded from the onset fits.", "", per_size_markdown(summary)]
+    return "\n".join(lines) + "\n"
 
 
 def _metric_name(*parts: str) -> str:
@@ -121,4 +161,4 @@ def write_scaling_report(config: StudyConfig, output: Path, rows: list[dict], re
     else:
         markdown = "## Where memorization starts\n\nNo seeded re-run completed, so there are no scaling statistics.\n\n"
     markdown += "".join(f"![{p.stem}]({p.name})\n" for p in figures if p.name != "scaling.png")
-    return ScalingReport(markdown, [folder / "scaling.json", *figures], parent_metrics(summary))
+    return ScalingReport(markdown, summary, [folder / "scaling.json", *figures], parent_metrics(summary))

@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from study.stats.seeds import mean_and_spread
+
 Groups = dict[float, Sequence[float]]  # training-set size -> one value per seed
 
 
@@ -155,11 +157,6 @@ def _groups(rows: list[dict], key: str, censored_as_nan: bool = False) -> dict[f
     return dict(groups)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    mean = float(np.mean(values)) if values else None
-    return mean, float(np.std(values, ddof=1)) if len(values) >= 2 else None
-
-
 def _onset_median(onsets: list[float]) -> float | None:
     """Median onset with censored (NaN) as +inf: defined only when more than half the seeds reached it."""
     reached = [o for o in onsets if math.isfinite(o)]
@@ -172,10 +169,10 @@ def _per_size(arm: str, capacity: str, images: int, rows: list[dict], n_boot: in
                              n_boot, seed) if measured else Estimate(None, None, None, 0.0)
     onsets = [float(r["memorization_onset_kimg"]) if _finite(r.get("memorization_onset_kimg")) else math.nan
               for r in measured]
-    loss_gap_mean, loss_gap_std = _mean_std([float(r["loss_gap"]) for r in rows if _finite(r.get("loss_gap"))])
-    fid_mean, fid_std = _mean_std([float(r["best_fid_test"]) for r in rows if _finite(r.get("best_fid_test"))])
+    loss_gap_mean, loss_gap_std = mean_and_spread([float(r["loss_gap"]) for r in rows if _finite(r.get("loss_gap"))])
+    fid_mean, fid_std = mean_and_spread([float(r["best_fid_test"]) for r in rows if _finite(r.get("best_fid_test"))])
     uncopied = [float(r["uncopied_fid_test"]) for r in rows if _finite(r.get("uncopied_fid_test"))]
-    uncopied_mean, uncopied_std = _mean_std(uncopied)
+    uncopied_mean, uncopied_std = mean_and_spread(uncopied)
     reached = sum(math.isfinite(o) for o in onsets)
     return {
         "arm": arm, "capacity": capacity, "images": int(images), "seeds": len(rows),
@@ -266,57 +263,3 @@ def non_dominated(points: Sequence[Sequence[float]], mode: str = "min") -> list[
         return all(y <= x for x, y in zip(a, b)) and any(y < x for x, y in zip(a, b))
 
     return [not any(dominated_by(p, q) for j, q in enumerate(signed) if j != i) for i, p in enumerate(signed)]
-
-
-def _number(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def _interval(value, low, high, bound=None, defined=1.0) -> str:
-    text = f"{bound} size range" if value is None and bound else _number(value)
-    if low is not None:
-        text += f" [{_number(low)}, {_number(high)}]"
-    return text + (f" (defined in {defined:.1%} of replicates)" if defined < 1 else "")
-
-
-def _spread(mean, std) -> str:
-    return "-" if mean is None else f"{_number(mean)} ± {_number(std)}" if std is not None else _number(mean)
-
-
-def per_size_markdown(summary: dict) -> str:
-    """Per capacity, size and arm: memorization with its interval, onset, and sample quality with and without copies."""
-    lines = ["| capacity | images | arm | seeds | memorization (max) | onset kimg (median) | best fid_test | "
-             "best fid_test while copying < threshold (seeds) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in sorted(summary["per_size"], key=lambda r: (r["capacity"], r["images"], r["arm"])):
-        onset = _number(row["onset_kimg_median"]) if row["onset_kimg_median"] is not None else "not reached"
-        lines.append(
-            f"| {row['capacity'] or '-'} | {row['images']} | {row['arm']} | {row['seeds']} "
-            f"| {_interval(row['memorization_max_mean'], row['memorization_max_low'], row['memorization_max_high'])} "
-            f"| {onset} ({row['onset_reached']} of {row['onset_reached'] + row['onset_censored']}) "
-            f"| {_spread(row['best_fid_test_mean'], row['best_fid_test_std'])} "
-            f"| {_spread(row.get('uncopied_fid_test_mean'), row.get('uncopied_fid_test_std'))} ({row.get('uncopied_seeds', 0)}) |")
-    return "\n".join(lines) + "\n"
-
-
-def scaling_markdown(summary: dict) -> str:
-    """The per-arm scaling table and the data multipliers, as markdown for the report."""
-    lines = ["| capacity | arm | N50 | EMM | onset slope (kimg per image) | onset intercept (kimg) | onset points / censored |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row in summary["per_arm"]:
-        lines.append(
-            f"| {row['capacity'] or '-'} | {row['arm']} "
-            f"| {_interval(row['n50'], row['n50_low'], row['n50_high'], row['n50_bound'], row['n50_defined'])} "
-            f"| {_interval(row['emm'], row['emm_low'], row['emm_high'], row['emm_bound'], row['emm_defined'])} "
-            f"| {_interval(row['onset_slope'], row['onset_slope_low'], row['onset_slope_high'])} "
-            f"| {_interval(row['onset_intercept'], row.get('onset_intercept_low'), row.get('onset_intercept_high'))} "
-            f"| {row['onset_points']} / {row['onset_censored']} |")
-    lines += ["", "| capacity | arm | reference | data multiplier |", "| --- | --- | --- | --- |"]
-    for row in summary["multipliers"]:
-        multiplier = (f">= {_number(row['lower_bound'])}" if row["lower_bound"] is not None
-                      else _interval(row["data_multiplier"], row["low"], row["high"], defined=row["defined"]))
-        lines.append(f"| {row['capacity'] or '-'} | {row['arm']} | {row['reference']} | {multiplier} |")
-    lines += ["", "Intervals are 95% percentile bootstrap intervals over training seeds (resampled within each "
-                  "size, fixed bootstrap seed); censored onsets are excluded from the onset fits.", "", per_size_markdown(summary)]
-    return "\n".join(lines) + "\n"

@@ -18,8 +18,3 @@ def mean_and_spread(values: list[float]) -> tuple[float | None, float | None]:
     array = np.array(values, dtype=float)
     return (float(array.mean()) if array.size else None, float(array.std(ddof=1)) if array.size > 1 else None)
 
-
-def format_spread(mean, std) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
