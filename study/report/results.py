@@ -25,6 +25,7 @@ from study.tracking.ledger import load_records
 
 # A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
 FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_seconds"))
+CURVE_KEYS = frozenset(curve_statistics([]))  # what this code's curve statistics hold
 
 
 def _records(output: Path) -> list[dict]:
@@ -46,6 +47,13 @@ def _train_seconds(history: list[dict]) -> float | None:
             total += (entry["kimg"] - previous) * 1000 / entry["img_per_sec"]
             previous = entry["kimg"]
     return total or None
+
+
+def _curve(record: dict, threshold: float) -> dict:
+    """The curve statistics the ledger stored when the trial ended (study config's threshold), unless this code
+    computes more than they hold (an older ledger): then again from the eval points, so the report gains them."""
+    stored = record.get("curve") or {}
+    return stored if CURVE_KEYS <= stored.keys() else curve_statistics(record.get("history", []), threshold)
 
 
 def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[dict]:
@@ -80,7 +88,7 @@ def results_rows(config: StudyConfig, records: list[dict], pool: int) -> list[di
         for name in FINAL_METRICS:
             value = last.get(name)
             row[name] = float(value) if isinstance(value, (int, float)) else None
-        row.update(curve_statistics(history, config.scaling.onset_threshold))  # from the points, so a rewritten report gains new statistics
+        row.update(_curve(record, config.scaling.onset_threshold))
         gaps = [h["loss_gap"] for h in history if isinstance(h.get("loss_gap"), (int, float)) and math.isfinite(h["loss_gap"])]
         row["best_loss_gap"] = min(gaps) if gaps else None
         for key, value in record.get("params", {}).items():
