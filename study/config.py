@@ -12,11 +12,16 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from study.contract import BASELINE, BEST, OBJECTIVES, SCHEDULER_METRICS, SEARCHED
+from study.contract import OBJECTIVES, SCHEDULER_METRICS, Role
 from trainables.config import StrictModel, TrialConfig
 from trainables.config_io import ConfigError, apply_overrides, describe_validation_error, load_yaml, validate
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def optuna_url(output: Path) -> str:
+    """The Optuna RDB storage of a study's output folder (one study per cell in it)."""
+    return f"sqlite:///{Path(output) / 'optuna.db'}"
 
 # What a search can optimise: every one is reported by the worker or derived from a trial's curve on the driver.
 Objective = Literal[OBJECTIVES]
@@ -55,10 +60,10 @@ class ConfirmConfig(StrictModel):
 
 
 class ScalingConfig(StrictModel):
-    """How the memorization scaling statistics are estimated (study/scaling.py)."""
+    """How the memorization scaling statistics are estimated (study/stats/scaling.py)."""
 
     onset_threshold: float = Field(0.1, gt=0.0, lt=1.0)  # memorization that marks a trial's onset of copying
-    reference_arm: str = "baseline"  # data multiplier = this arm's N50 / each other arm's N50
+    reference_arm: str = Role.BASELINE.value  # data multiplier = this arm's N50 / each other arm's N50
     bootstrap: int = Field(1000, ge=100)  # resamples over seeds for every interval
     bootstrap_seed: int = 0  # fixed, so a report reproduces to the digit
 
@@ -190,7 +195,7 @@ class StudyConfig(StrictModel):
         if self.ablation:
             self._check_arms("ablation.arms", self.ablation.arms)
         if self.confirm.arms:
-            self._check_arms("confirm.arms", self.confirm.arms, reserved=(BASELINE, BEST, SEARCHED))
+            self._check_arms("confirm.arms", self.confirm.arms, reserved=tuple(Role))
         if self.capacities:
             self._check_overrides("capacities", {f"{key}={v}": {key: v} for key, values in self.capacities.items() for v in values})
         if self.scheduler.kind == "asha" and self.scheduler.metric.startswith("fid") and self.trial.eval.fid_at != "every":
@@ -234,6 +239,10 @@ class StudyConfig(StrictModel):
     @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{self.output_dir / 'mlflow.db'}"
+
+    @property
+    def optuna_url(self) -> str:
+        return optuna_url(self.output_dir)
 
     @property
     def experiment_name(self) -> str:

@@ -1,20 +1,47 @@
 """The study's vocabulary, spelled once: phases, roles, how a trial ended, the metric registry, Optuna names.
 
-DESIGN.md's contracts (metric names, MLflow layout) live here; the searcher, the tracker, the ledger, the
-progress line, the report and the config read them from here, so none of them can drift from the others.
+The contracts of docs/design.md (metric names, MLflow layout) live here; the searcher, the tracker, the ledger,
+the progress line, the report and the config read them from here, so none of them can drift from the others.
+Phases, roles and statuses are StrEnums: they compare equal to, and persist as, the strings earlier studies wrote.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from enum import StrEnum
 
 from optuna.trial import TrialState
 
 # ---------------------------------------------------------------- phases and roles
 
-PHASES = ("ablation", "search", "confirm")  # in the order a study runs them (an ablation instead of the other two)
-BASELINE, SEARCHED, BEST = "baseline", "search", "best"  # a trial's role; an ablation's roles are its arm names
+
+class Phase(StrEnum):
+    ABLATION = "ablation"
+    SEARCH = "search"
+    CONFIRM = "confirm"
+    REPORT = "report"
+    DONE = "done"
+
+
+# The phases each kind of study runs, in order; the ones before REPORT run trials (each keeps a ledger).
+PHASE_ORDER = {
+    "ablation": (Phase.ABLATION, Phase.REPORT, Phase.DONE),
+    "search": (Phase.SEARCH, Phase.CONFIRM, Phase.REPORT, Phase.DONE),
+}
+TRIAL_PHASES = (Phase.ABLATION, Phase.SEARCH, Phase.CONFIRM)
+
+
+def study_phases(ablation: bool) -> tuple[Phase, ...]:
+    return PHASE_ORDER["ablation" if ablation else "search"]
+
+
+class Role(StrEnum):
+    """A trial's role; an ablation's (and confirm.arms') roles are its arm names."""
+
+    BASELINE = "baseline"
+    SEARCHED = "search"
+    BEST = "best"
 
 
 def baseline_params(base_dropout: float) -> dict:
@@ -36,10 +63,10 @@ def study_name(prefix: str, cell: str) -> str:
 
 EVAL_METRICS = ("kimg", "train_loss", "test_loss", "loss_gap", "img_per_sec")  # every eval point
 SAMPLE_METRICS = ("fid", "fid_test", "leakage", "memorization")  # where sample metrics run (`eval.fid_at`)
-CONTRACT_METRICS = EVAL_METRICS + SAMPLE_METRICS  # DESIGN.md's per-eval-point names
+CONTRACT_METRICS = EVAL_METRICS + SAMPLE_METRICS  # docs/design.md's per-eval-point names
 SUPPORT_METRICS = ("fid_floor", "eval_seconds")  # read beside them (the real-vs-real floor, the eval's cost)
 REPORTED_METRICS = CONTRACT_METRICS + SUPPORT_METRICS  # what the driver logs and records at each eval point
-# Per trial, from its whole curve, on the driver when it ends (study/scaling.py computes them).
+# Per trial, from its whole curve, on the driver when it ends (study/stats/scaling.py computes them).
 CURVE_METRICS = ("memorization_max", "memorization_onset_kimg", "best_fid", "best_fid_kimg", "best_fid_test",
                  "best_fid_test_kimg", "test_loss_min_kimg")
 COMPARED_METRICS = ("fid", "fid_test", "loss_gap", "memorization", "leakage")  # mean ± spread in every report table
@@ -49,23 +76,36 @@ SCHEDULER_METRICS = ("fid", "fid_test", "test_loss", "loss_gap")
 
 # ---------------------------------------------------------------- how a trial ended
 
-COMPLETED, EARLY_STOPPED, DIVERGED, FAILED = "completed", "early_stopped", "diverged", "failed"
-STATUSES = (COMPLETED, EARLY_STOPPED, DIVERGED, FAILED)
-OPTUNA_STATE = {COMPLETED: TrialState.COMPLETE, EARLY_STOPPED: TrialState.PRUNED, DIVERGED: TrialState.FAIL,
-                FAILED: TrialState.FAIL}
-MLFLOW_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", DIVERGED: "FAILED", FAILED: "FAILED"}
+class Status(StrEnum):
+    """How a trial ended (results.parquet writes `unfinished` for a trial that has not)."""
+
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    @property
+    def failed(self) -> bool:
+        return self in (Status.DIVERGED, Status.FAILED)
+
+
+UNFINISHED = "unfinished"
+OPTUNA_STATE = {Status.COMPLETED: TrialState.COMPLETE, Status.EARLY_STOPPED: TrialState.PRUNED,
+                Status.DIVERGED: TrialState.FAIL, Status.FAILED: TrialState.FAIL}
+MLFLOW_STATUS = {Status.COMPLETED: "FINISHED", Status.EARLY_STOPPED: "FINISHED", Status.DIVERGED: "FAILED",
+                 Status.FAILED: "FAILED"}
 # The keys of the one result a trial reports for a deterministic error (trainables/failures.py).
 FAILURE_KEYS = ("kimg", "error_kind", "error", "diverged")
 
 
-def trial_status(last_result: dict | None, errored: bool, total_kimg: float) -> str:
+def trial_status(last_result: dict | None, errored: bool, total_kimg: float) -> Status:
     """The status of a trial from its last result and whether Tune saw it raise."""
     if errored or not last_result:
-        return FAILED
+        return Status.FAILED
     kind = last_result.get("error_kind") or ("diverged" if last_result.get("diverged") else None)
     if kind:
-        return DIVERGED if kind == "diverged" else FAILED
-    return EARLY_STOPPED if last_result.get("kimg", 0.0) < total_kimg - 1e-6 else COMPLETED
+        return Status.DIVERGED if kind == "diverged" else Status.FAILED
+    return Status.EARLY_STOPPED if last_result.get("kimg", 0.0) < total_kimg - 1e-6 else Status.COMPLETED
 
 
 @dataclass(frozen=True)
@@ -93,5 +133,10 @@ class FailureSummary:
 def summarize_failures(records: list[dict]) -> FailureSummary:
     ended = [r for r in records if r.get("status")]
     reasons = Counter(f"{r['status']}: {r.get('reason') or 'no reason recorded'}"[:160]
-                      for r in ended if r["status"] in (DIVERGED, FAILED))
+                      for r in ended if Status(r["status"]).failed)
     return FailureSummary(len(ended), reasons)
+
+
+def status_counts(statuses: list[str]) -> list[str]:
+    """'N trials <status>' for every status, in the enum's order: the report's notes."""
+    return [f"{statuses.count(status)} trials {status}" for status in Status]

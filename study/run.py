@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override one config value, e.g. --set search.trials_per_regime=8 (repeatable)")
     parser.add_argument("--address", help="Ray cluster: 'auto' or ray://host:port (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study in the same output folder")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; start nothing")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config, print the plan and its cost, "
+                        "list every problem that would stop a real run; start nothing")
     parser.add_argument("--output", help="output folder (default: ./studies/<name>)")
     return parser.parse_args(argv)
 
@@ -38,25 +38,31 @@ def browse_hint(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def error_line(err: Exception) -> str:
+    """The one stderr line of a problem: config errors say so; the rest say what failed."""
+    return f"config error: {err}" if isinstance(err, ConfigError) else f"error: {err}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     try:
         config = load_study_config(args.config, overrides)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
+    from study.driver.console import quiet_libraries
+    from study.driver.lease import StudyLocked
     from study.driver.plan import PlanError
     from study.driver.runner import PhaseInterrupted, StudyError
-    from study.tracking.callback import TrackingError
+    from study.tracking.mlflow_runs import TrackingError
     from trainables.data import DatasetError
 
+    quiet_libraries()
     try:
         return dry_run(config, args.address) if args.dry_run else run(config, args.address, args.resume)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-    except (PlanError, StudyError, TrackingError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, PlanError, StudyError, StudyLocked, TrackingError, DatasetError) as err:
+        print(error_line(err), file=sys.stderr)
     except (KeyboardInterrupt, PhaseInterrupted):
         print("interrupted; continue with: python study/run.py --resume (same config)", file=sys.stderr)
         return 130
@@ -64,17 +70,19 @@ def main(argv=None) -> int:
 
 
 def dry_run(config, address: str | None) -> int:
-    """The checks a real start runs before Ray, and the plan; nothing is started or written."""
-    from study.driver.plan import describe, make_plan
-    from study.driver.preflight import check_study
-    from study.driver.runner import local_nodes
+    """The plan and its cost, then every problem a real start would stop at (exit 2 if any); nothing is started."""
+    from study.driver.plan import describe, dry_run_plan
+    from study.driver.preflight import study_problems
+    from study.driver.ray_cluster import planning_nodes, runs_remotely
 
-    remote = bool(address or os.environ.get("RAY_ADDRESS")) or config.resources.autoscaling
-    check_study(config, on_this_machine=not remote)
-    print(describe(config, make_plan(config, None if remote else local_nodes(config))))
-    if remote:
+    problems = study_problems(config, on_this_machine=not runs_remotely(config, address))
+    plan, plan_problems = dry_run_plan(config, planning_nodes(config, address), data_problem=bool(problems))
+    print(describe(config, plan))
+    if runs_remotely(config, address):
         print("  (resources are checked against the cluster at launch)")
-    return 0
+    for err in problems + plan_problems:
+        print(error_line(err), file=sys.stderr)
+    return 2 if problems or plan_problems else 0
 
 
 def run(config, address: str | None, resume: bool) -> int:
@@ -82,8 +90,8 @@ def run(config, address: str | None, resume: bool) -> int:
     from study.driver.runner import run_study, study_failures
 
     output = run_study(config, address=address, resume=resume)
-    print(f"done: {output / 'results.parquet'}, report in {output / 'report'}; "
-          f"browse with: {browse_hint(config.tracking_uri)}")
+    print(f"report: {output / 'report'} (results: {output / 'results.parquet'})")
+    print(f"browse: {browse_hint(config.tracking_uri)}")
     failures = study_failures(output)
     if failures.too_many(config.failures.max_fraction):
         print(f"error: {failures.line()} (more than failures.max_fraction={config.failures.max_fraction:g})", file=sys.stderr)

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from study.phases.cells import Cell
 from study.config import SearchConfig, load_study_config
 from study.phases.confirm import pick_confirmed
-from study.driver.runner import early_stopping
+from study.phases.schedulers import early_stopping
 from study.phases.searcher import RegimeSearcher, load_regime_study
 
 CELL = Cell("n18", 1.0, 18, 18)

@@ -15,9 +15,10 @@ from study.phases.ablation import ablation_suggestions
 from study.phases.cells import Cell, study_cells
 from study.config import load_study_config
 from study.phases.confirm import FixedSearcher, confirmation_suggestions
-from study.contract import BASELINE, BEST, study_name
+from study.contract import Role, study_name
 from study.report.results import summarize
-from study.driver.runner import early_stopping, search_fingerprint
+from study.driver.state import search_fingerprint
+from study.phases.schedulers import early_stopping
 from study.phases.searcher import RegimeSearcher, load_regime_study, open_regime_study
 from study.phases.suggestion import Suggestion
 from tests.conftest import TINY_TRIAL
@@ -37,11 +38,11 @@ def _row(regime, images, role, seed, fid, **metrics):
 
 
 def test_summarize_gives_means_spreads_welch_and_the_verdict_in_regime_order():
-    rows = [_row("n72", 72, BEST, s, f) for s, f in enumerate([10.0, 11.0, 12.0])]
-    rows += [_row("n72", 72, BASELINE, s, f) for s, f in enumerate([20.0, 21.0, 22.0])]
-    rows += [_row("n18", 18, BEST, s, f) for s, f in enumerate([30.0, 34.0])]
-    rows += [_row("n18", 18, BASELINE, s, f) for s, f in enumerate([31.0, 33.0])]
-    rows += [{**_row("n18", 18, BEST, 9, 999.0), "status": "failed"}]  # not completed: left out
+    rows = [_row("n72", 72, Role.BEST, s, f) for s, f in enumerate([10.0, 11.0, 12.0])]
+    rows += [_row("n72", 72, Role.BASELINE, s, f) for s, f in enumerate([20.0, 21.0, 22.0])]
+    rows += [_row("n18", 18, Role.BEST, s, f) for s, f in enumerate([30.0, 34.0])]
+    rows += [_row("n18", 18, Role.BASELINE, s, f) for s, f in enumerate([31.0, 33.0])]
+    rows += [{**_row("n18", 18, Role.BEST, 9, 999.0), "status": "failed"}]  # not completed: left out
     summary = summarize(rows)
     assert [e["regime"] for e in summary] == ["n18", "n72"]  # smallest training set first, not input order
     n18, n72 = summary
@@ -58,7 +59,7 @@ def test_confirmation_picks_the_best_completed_non_baseline_trial(tmp_path):
     [cell] = study_cells(config)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = open_regime_study(url, study_name(config.name, cell.name), 0, ["minimize"])
-    outcomes = [(BASELINE, 0.1, optuna.trial.TrialState.COMPLETE),  # the best value, but the baseline
+    outcomes = [(Role.BASELINE, 0.1, optuna.trial.TrialState.COMPLETE),  # the best value, but the baseline
                 ("search", 0.3, optuna.trial.TrialState.COMPLETE), ("search", 0.2, optuna.trial.TrialState.COMPLETE),
                 ("search", None, optuna.trial.TrialState.PRUNED), ("search", None, optuna.trial.TrialState.FAIL)]
     for number, (role, value, state) in enumerate(outcomes):
@@ -69,7 +70,7 @@ def test_confirmation_picks_the_best_completed_non_baseline_trial(tmp_path):
     suggestions, notes = confirmation_suggestions([cell], url, config.name, config.confirm, config.search, 0.1)
     assert notes == []
     assert [(s.role, s.optuna_trial, s.seed) for s in suggestions] == [
-        (BEST, 2, 1000), (BEST, 2, 1001), (BASELINE, None, 1000), (BASELINE, None, 1001)]
+        (Role.BEST, 2, 1000), (Role.BEST, 2, 1001), (Role.BASELINE, None, 1000), (Role.BASELINE, None, 1001)]
     assert suggestions[0].overrides == {"score_augment.p": 0.2} and suggestions[0].trial["score_augment"]["p"] == 0.2
     assert suggestions[2].trial["score_augment"]["p"] == 0.0  # the plain-EDM baseline
 
@@ -156,7 +157,7 @@ def test_fixed_arms_are_confirmed_beside_best_and_baseline_in_every_cell(tmp_pat
         study.tell(trial, searched_value, state=optuna.trial.TrialState.COMPLETE if searched_value else optuna.trial.TrialState.PRUNED)
     suggestions, notes = confirmation_suggestions(cells, url, config.name, config.confirm, config.search, 0.1)
     assert [(s.cell, s.role) for s in suggestions] == [
-        ("n18", BEST), ("n18", BASELINE), ("n18", "fixed"), ("n36", BASELINE), ("n36", "fixed")]
+        ("n18", Role.BEST), ("n18", Role.BASELINE), ("n18", "fixed"), ("n36", Role.BASELINE), ("n36", "fixed")]
     assert suggestions[2].trial["score_augment"]["p"] == 0.5
     assert notes == ["n36: no ScoreAug trial completed its full budget; no searched config to confirm"]
 

@@ -10,7 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
-from study.tracking.callback import MlflowTrialCallback, connect, start_parent_run
+from study.tracking.callback import MlflowTrialCallback, TrialRules
+from study.tracking.mlflow_runs import connect, start_parent_run
+from study.tracking.run_writer import ParentRun
 from study.tracking.ledger import load_records
 from tests.conftest import TINY_TRIAL, free_port, mlflow_server
 from trainables.config import load_trial_config
@@ -43,8 +45,8 @@ class TrackingServer:
 
     def callback(self) -> MlflowTrialCallback:
         base = load_trial_config(None, TINY_TRIAL).model_dump()
-        return MlflowTrialCallback(self.url, self.experiment_id, self.parent, self.state_file, "search", TOTAL_KIMG, base,
-                                   0.1, self.state_file.parent / "samples")
+        return MlflowTrialCallback(ParentRun(self.url, self.experiment_id, self.parent), self.state_file, "search",
+                                   TrialRules(TOTAL_KIMG, 0.1, base), self.state_file.parent / "samples")
 
 
 def _check_run(client: MlflowClient, run_id: str, steps: list[int]) -> None:
@@ -63,7 +65,7 @@ def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tm
         before = _trial("before_00000")  # starts while the server is up
         callback.on_trial_start(0, [], before)
         callback.on_trial_result(0, [], before, _result(0.128))
-        assert not callback.pending
+        assert not callback.queue.pending
 
     # The server is down: a result of a running trial, and a whole trial from start to end.
     stalled = time.monotonic()
@@ -75,14 +77,14 @@ def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tm
     callback.on_trial_complete(0, [], during)
     stalled = time.monotonic() - stalled
     assert stalled < 60, f"the outage held the driver for {stalled:.0f} s"  # MLflow's default retries: minutes
-    assert callback.pending and callback.failed_calls >= 1
+    assert callback.queue.pending and callback.queue.failed_calls >= 1
     records = load_records(server.state_file.parent, "search")
     assert records["during_00001"]["run_id"] is None  # not created yet, but every metric is on disk
     assert [p["kimg"] for p in records["during_00001"]["history"]] == [0.128, 0.256]
 
     with server.up() as url:  # back, same store and port
         callback.on_trial_complete(0, [], before)  # the next event flushes the queue in order, then logs its own
-        assert not callback.pending
+        assert not callback.queue.pending
         records = load_records(server.state_file.parent, "search")
         client = MlflowClient(tracking_uri=url)
         children = client.search_runs([server.experiment_id], "tags.phase = 'search'")
@@ -93,7 +95,7 @@ def test_trials_logged_through_a_tracking_outage_reach_mlflow_once_it_is_back(tm
 
 
 @pytest.mark.slow
-def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_path, capsys):
+def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_path, caplog):
     """The outage outlasts the phase: the driver warns and stops; the next driver (`--resume`) creates the run
     and logs everything its records file kept."""
     server = TrackingServer(tmp_path, "replay")
@@ -104,12 +106,12 @@ def test_a_run_the_driver_could_not_create_is_replayed_by_the_next_driver(tmp_pa
     callback.on_trial_result(0, [], lost, _result(0.256))
     callback.on_trial_complete(0, [], lost)
     callback.on_experiment_end([])
-    assert "tracking calls for 1 trial run(s) of the search phase are not made" in capsys.readouterr().out
+    assert "tracking calls for 1 trial run(s) of the search phase are not made" in caplog.text
 
     with server.up() as url:
         resumed = server.callback()
         resumed.on_experiment_end([])
-        assert not resumed.pending
+        assert not resumed.queue.pending
         run_id = load_records(server.state_file.parent, "search")["lost_00000"]["run_id"]
         client = MlflowClient(tracking_uri=url)
         _check_run(client, run_id, [128, 256])

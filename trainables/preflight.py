@@ -13,7 +13,7 @@ import torch
 from trainables.catalog import DATASETS
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError
-from trainables.data import FIXED_SHAPES, DatasetShape, dataset_shape
+from trainables.data import FIXED_SHAPES, DatasetError, DatasetShape, dataset_shape
 
 
 def check_trial(config: TrialConfig, shape: DatasetShape | None = None, on_this_machine: bool = True) -> DatasetShape | None:
@@ -22,16 +22,31 @@ def check_trial(config: TrialConfig, shape: DatasetShape | None = None, on_this_
     `shape`: the dataset's, when already checked (a study checks the data once for all its trial configs).
     `on_this_machine`: the trials run here, so the data and `runtime.device` must be here. On a cluster they
     are the workers' (a trial that lacks them fails at once, unretried): only what needs no files is checked."""
-    if shape is None:
-        shape = (dataset_shape(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
-                 if on_this_machine else _shape_without_files(config))
-    if shape is not None:
-        _check_network(config, shape)
-        if config.eval.fid:
-            _check_feature_space(config, shape)
-    if on_this_machine and config.runtime.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device: cuda, but this machine has no usable CUDA device; use auto or cpu")
+    problems, shape = trial_problems(config, shape, on_this_machine)
+    if problems:
+        raise problems[0]
     return shape
+
+
+def trial_problems(config: TrialConfig, shape: DatasetShape | None = None,
+                   on_this_machine: bool = True) -> tuple[list[Exception], DatasetShape | None]:
+    """Every problem check_trial would raise, not only the first (a dry run lists them all), and the shape."""
+    problems: list[Exception] = []
+    if shape is None and on_this_machine:
+        try:
+            shape = dataset_shape(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
+        except DatasetError as err:
+            problems.append(err)
+    checked = shape or _shape_without_files(config)
+    if checked is not None:
+        for check in (_check_network, _check_feature_space) if config.eval.fid else (_check_network,):
+            try:
+                check(config, checked)
+            except ConfigError as err:
+                problems.append(err)
+    if on_this_machine and config.runtime.device == "cuda" and not torch.cuda.is_available():
+        problems.append(ConfigError("runtime.device: cuda, but this machine has no usable CUDA device; use auto or cpu"))
+    return problems, shape if on_this_machine else checked
 
 
 def _shape_without_files(config: TrialConfig) -> DatasetShape | None:

@@ -65,9 +65,9 @@ def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
     return max(1, concurrency)
 
 
-def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
+def make_plan(config: StudyConfig, nodes: list[Node] | None, cells: list[Cell] | None = None) -> Plan:
     """The plan; with `nodes` None (an autoscaling cluster not yet up) concurrency is max_concurrent or 1."""
-    cells = study_cells(config)
+    cells = study_cells(config) if cells is None else cells
     r = config.resources
     concurrency = check_fits(config, nodes) if nodes is not None else (r.max_concurrent or 1)
     ablation = config.ablation
@@ -80,6 +80,19 @@ def make_plan(config: StudyConfig, nodes: list[Node] | None) -> Plan:
         gpus_per_trial=r.num_workers * r.gpus_per_worker,
         concurrency=concurrency,
     )
+
+
+def dry_run_plan(config: StudyConfig, nodes: list[Node] | None, data_problem: bool) -> tuple[Plan, list[Exception]]:
+    """The plan to show even where it cannot run: resources that do not fit are a problem, and the plan is shown
+    as for a cluster; cells that need the missing data are left out when that data is already a problem."""
+    from trainables.data import DatasetError
+
+    try:
+        return make_plan(config, nodes), []
+    except PlanError as err:
+        return make_plan(config, None), [err]
+    except DatasetError as err:  # a size the pool lacks, or no data to count the pool in
+        return make_plan(config, None, cells=[]), [] if data_problem else [err]
 
 
 def storage_kind(config: StudyConfig) -> str:
@@ -118,7 +131,7 @@ def describe(config: StudyConfig, plan: Plan) -> str:
         f"  concurrency: {plan.concurrency} trial(s) at once",
         f"  output: {config.output_dir}",
         f"  tune storage: {config.tune_storage} ({storage_kind(config)})",
-        f"  optuna storage: sqlite:///{config.output_dir / 'optuna.db'}",
+        f"  optuna storage: {config.optuna_url}",
         f"  tracking: {config.tracking_uri} (experiment {config.experiment_name})",
     ]
     cost = describe_cost(config, plan.total_trials)

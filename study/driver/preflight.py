@@ -1,14 +1,15 @@
 """The study's checks before Ray starts: every distinct trial config it will launch, checked once on the driver.
 
 Distinct configs are the base trial crossed with the capacity axis and the ablation arms; searched values
-stay inside ranges the trial config validates. The dataset is checked once for all of them.
+stay inside ranges the trial config validates. The dataset is checked once for all of them. A real start
+stops at the first problem; `--dry-run` lists them all.
 """
 
 from __future__ import annotations
 
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError, set_by_path
-from trainables.preflight import check_trial
+from trainables.preflight import trial_problems
 
 from study.config import StudyConfig
 
@@ -23,14 +24,23 @@ def trial_variants(config: StudyConfig) -> dict[str, dict]:
             for arm, overrides in arms.items() for capacity, capacity_overrides in capacities}
 
 
-def check_study(config: StudyConfig, on_this_machine: bool) -> None:
-    """Raise ConfigError or DatasetError naming the variant and the problem."""
+def study_problems(config: StudyConfig, on_this_machine: bool) -> list[Exception]:
+    """Every ConfigError (naming the variant and the key) and DatasetError of the study, each once, in order."""
+    found: dict[str, Exception] = {}
     shape = None
     for origin, overrides in trial_variants(config).items():
         tree = config.trial.model_dump()
         for path, value in overrides.items():
             set_by_path(tree, path, value)
-        try:
-            shape = check_trial(TrialConfig.model_validate(tree), shape, on_this_machine)
-        except ConfigError as err:
-            raise ConfigError(f"{origin + ': ' if origin else ''}trial.{err}") from None
+        problems, shape = trial_problems(TrialConfig.model_validate(tree), shape, on_this_machine)
+        for err in problems:  # one problem shared by every variant (missing weights, say) is listed once
+            named = ConfigError(f"{origin + ': ' if origin else ''}trial.{err}") if isinstance(err, ConfigError) else err
+            found.setdefault(str(err), named)
+    return list(found.values())
+
+
+def check_study(config: StudyConfig, on_this_machine: bool) -> None:
+    """Raise the study's first ConfigError or DatasetError."""
+    problems = study_problems(config, on_this_machine)
+    if problems:
+        raise problems[0]

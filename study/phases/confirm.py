@@ -16,7 +16,7 @@ from study.phases.cells import Cell
 from study.phases.suggestion import Suggestion
 from study.config import ConfirmConfig, SearchConfig
 from study.stats.scaling import non_dominated
-from study.contract import BASELINE, BEST, baseline_overrides, study_name
+from study.contract import Role, baseline_overrides, study_name
 from study.phases.searcher import load_regime_study
 
 
@@ -34,7 +34,7 @@ def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str
 
     Among completed searched trials: the feasible ones (constraint met; if none is, the least infeasible, noted),
     then in a multi-objective search the Pareto-optimal ones, then the best in `pick_by` (default: first objective)."""
-    searched = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") != BASELINE]
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") != Role.BASELINE]
     if not searched:
         return None, "no ScoreAug trial completed its full budget; no searched config to confirm"
     note = ""
@@ -60,9 +60,9 @@ def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: 
         best, note = pick_confirmed(load_regime_study(storage_url, name).get_trials(deepcopy=False), search, confirm.pick_by)
         if note:
             notes.append(f"{cell.name}: {note}")
-        arms = [(BEST, best.user_attrs["overrides"], best.number)] if best is not None else []
+        arms = [(Role.BEST, best.user_attrs["overrides"], best.number)] if best is not None else []
         if arms or confirm.arms:
-            arms.append((BASELINE, baseline_overrides(base_dropout), None))
+            arms.append((Role.BASELINE, baseline_overrides(base_dropout), None))
         arms += [(arm, dict(overrides), None) for arm, overrides in confirm.arms.items()]
         for role, overrides, source in arms:
             for k in range(confirm.seeds):

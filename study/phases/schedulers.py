@@ -12,6 +12,7 @@ import copy
 
 from ray.tune.schedulers import ASHAScheduler
 
+from study.config import StudyConfig
 from study.phases.suggestion import Suggestion
 
 
@@ -28,3 +29,14 @@ class PerCellASHA(ASHAScheduler):
         # ASHA assigns the trial to one of `self._brackets`; make those the cell's own before it does.
         self._brackets = self._cell_brackets.setdefault(cell, copy.deepcopy(self._fresh_brackets))
         super().on_trial_add(tune_controller, trial)
+
+
+def early_stopping(config: StudyConfig) -> PerCellASHA | None:
+    """ASHA on the scheduler's metric at eval points (kimg), in the search's direction, each cell on its own
+    ladder; None without early stopping."""
+    if config.scheduler.kind != "asha":
+        return None
+    total_kimg = config.trial.train.total_kimg
+    return PerCellASHA(time_attr="kimg", metric=config.scheduler.metric, mode=config.search.mode, max_t=total_kimg,
+                       grace_period=min(config.scheduler.grace_kimg, total_kimg),
+                       reduction_factor=config.scheduler.reduction_factor)

@@ -18,7 +18,7 @@ from ray.tune.search import Searcher
 
 from search_spaces.spaces import get_space
 from study.phases.cells import Cell
-from study.contract import BASELINE, OPTUNA_STATE, SEARCHED, baseline_overrides, baseline_params, study_name, trial_status
+from study.contract import OPTUNA_STATE, Role, baseline_overrides, baseline_params, study_name, trial_status
 from study.config import SearchConfig
 
 MEMORIZATION_CONSTRAINT = "memorization_max"
@@ -84,7 +84,7 @@ class RegimeSearcher(Searcher):
             directions = [f"{self.search.mode}imize"] * len(self.search.objective_names)
             study = open_regime_study(self.storage_url, self.study_name(cell), self.search.seed + index, directions)
             if not study.trials:  # a resumed study already holds its baseline: never enqueue it twice
-                study.enqueue_trial(baseline_params(self.base_dropout), user_attrs={"role": BASELINE})
+                study.enqueue_trial(baseline_params(self.base_dropout), user_attrs={"role": Role.BASELINE})
             self._studies[cell] = study
         return self._studies[cell]
 
@@ -100,9 +100,9 @@ class RegimeSearcher(Searcher):
             return Searcher.FINISHED
         study = self.study(cell)
         trial = study.ask()
-        role = trial.user_attrs.get("role", SEARCHED)
+        role = trial.user_attrs.get("role", Role.SEARCHED)
         overrides = get_space(self.search.space)(trial)
-        if role == BASELINE:
+        if role == Role.BASELINE:
             overrides = baseline_overrides(self.base_dropout)
         trial.set_user_attr("overrides", overrides)
         self.live[trial_id] = (cell, trial.number)

@@ -1,61 +1,75 @@
-"""A concise live view of a study: per regime, trials done / running / stopped early, best value, time."""
+"""A concise live view of a study: per cell, trials done / running / stopped early, time, and what the study
+measures: memorization per arm in a scaling study (training-set sizes), else the best value of the search metric."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
 from ray.tune import Callback
 
+from study.config import StudyConfig
+from study.contract import Status, trial_status
 from study.phases.suggestion import Suggestion
-from study.contract import DIVERGED, EARLY_STOPPED, FAILED, trial_status
 
 
 class ProgressCallback(Callback):
     def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, mode: str = "min"):
-        self.phase = phase
-        self.total = total_trials
-        self.metric = metric
+        self.phase, self.total, self.metric, self.total_kimg = phase, total_trials, metric, total_kimg
         self.better = min if mode == "min" else max
-        self.total_kimg = total_kimg
         self.started = time.time()
         self.running: dict[str, str] = {}
         self.finished: dict[str, dict] = {}
         self.best: dict[str, float] = {}
+        self.memorization: dict[str, dict[str, list[float]]] = {}  # cell -> arm -> each ended trial's maximum
+        self._maxima: dict[str, float] = {}
+
+    @classmethod
+    def for_study(cls, config: StudyConfig, spec) -> ProgressCallback:
+        """A scaling study (sizes as image counts) shows memorization per arm; a search shows its metric."""
+        metric = "memorization" if isinstance(config.regimes, dict) else config.search.objective_names[0]
+        return cls(spec.phase, spec.trials, metric, config.trial.train.total_kimg, config.search.mode)
+
+    def _cell_line(self, cell: str) -> str:
+        outcomes = [f["status"] for f in self.finished.values() if f["cell"] == cell]
+        failed = sum(status.failed for status in outcomes)
+        line = (f"{cell}: {len(outcomes)} done ({outcomes.count(Status.EARLY_STOPPED)} stopped"
+                + (f", {failed} failed" if failed else "") + f"), {sum(1 for c in self.running.values() if c == cell)} running")
+        if self.metric == "memorization":
+            arms = self.memorization.get(cell, {})
+            return line + "".join(f", {arm} copies {sum(v) / len(v):.2f}" for arm, v in sorted(arms.items()))
+        best = self.best.get(cell)
+        return line + (f", best {self.metric} {best:.4g}" if best is not None else "")
 
     def _line(self) -> str:
         elapsed = time.time() - self.started
         done = len(self.finished)
         eta = f", about {elapsed / done * (self.total - done) / 60:.1f} min left" if done else ""
-        regimes = sorted({*self.running.values(), *(f["regime"] for f in self.finished.values())})
-        parts = []
-        for regime in regimes:
-            outcomes = [f["status"] for f in self.finished.values() if f["regime"] == regime]
-            failed = outcomes.count(FAILED) + outcomes.count(DIVERGED)
-            best = self.best.get(regime)
-            parts.append(f"{regime}: {len(outcomes)} done ({outcomes.count(EARLY_STOPPED)} stopped"
-                         + (f", {failed} failed" if failed else "") + "), "
-                         f"{sum(1 for r in self.running.values() if r == regime)} running"
-                         + (f", best {self.metric} {best:.4g}" if best is not None else ""))
-        return f"[{self.phase} {done}/{self.total} | {elapsed / 60:.1f} min{eta}] " + " | ".join(parts)
-
-    def _print(self) -> None:
-        print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
+        cells = sorted({*self.running.values(), *(f["cell"] for f in self.finished.values())})
+        return f"[{self.phase} {done}/{self.total} | {elapsed / 60:.1f} min{eta}] " + " | ".join(map(self._cell_line, cells))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running[trial.trial_id] = Suggestion.from_tune(trial.config).cell
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if isinstance(value, float) and value == value:
-            regime = Suggestion.from_tune(trial.config).cell
-            self.best[regime] = self.better(self.best.get(regime, value), value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.metric == "memorization":
+                self._maxima[trial.trial_id] = max(self._maxima.get(trial.trial_id, value), float(value))
+            else:
+                cell = Suggestion.from_tune(trial.config).cell
+                self.best[cell] = self.better(self.best.get(cell, value), value)
 
     def _end(self, trial, errored: bool) -> None:
-        regime = self.running.pop(trial.trial_id, None) or Suggestion.from_tune(trial.config).cell
+        suggestion = Suggestion.from_tune(trial.config)
+        self.running.pop(trial.trial_id, None)
         status = trial_status(trial.last_result, errored, self.total_kimg)
-        self.finished[trial.trial_id] = {"regime": regime, "status": status}
-        self._print()
+        self.finished[trial.trial_id] = {"cell": suggestion.cell, "status": status}
+        if trial.trial_id in self._maxima:
+            arms = self.memorization.setdefault(suggestion.cell, {})
+            arms.setdefault(suggestion.role, []).append(self._maxima.pop(trial.trial_id))
+        print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, errored=False)

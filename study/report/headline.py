@@ -1,0 +1,40 @@
+"""The few numbers a study ends with on the terminal: what the user came for. The full report stays in report/."""
+
+from __future__ import annotations
+
+from study.contract import Role
+from study.report.formatting import interval, spread
+
+
+def scaling_headline(summary: dict) -> list[str]:
+    """Per arm (and capacity) N50 with its interval, then each data multiplier (two-sided or a bound)."""
+    lines = []
+    for entry in summary.get("per_arm", []):
+        where = f" at {entry['capacity']}" if entry["capacity"] else ""
+        n50 = interval(entry["n50"], entry["n50_low"], entry["n50_high"], entry["n50_bound"], entry["n50_defined"])
+        lines.append(f"{entry['arm']}{where}: N50 {n50} images")
+    for entry in summary.get("multipliers", []):
+        where = f" at {entry['capacity']}" if entry["capacity"] else ""
+        if entry.get("lower_bound") is not None:
+            value = f">= {interval(entry['lower_bound'], None, None)} (one N50 lies outside the sizes trained)"
+        else:
+            value = interval(entry["data_multiplier"], entry["low"], entry["high"], defined=entry["defined"])
+        lines.append(f"data multiplier of {entry['arm']}{where} (N50 of {entry['reference']} / its N50): {value}")
+    return lines
+
+
+def search_headline(summary: list[dict]) -> list[str]:
+    """Per cell, the confirmed best ScoreAug config's fid_test beside the baseline's, mean ± seed spread."""
+    def fid_test(entry: dict, role: str) -> str:
+        return spread(entry.get(f"{role}_fid_test_mean"), entry.get(f"{role}_fid_test_std"))
+
+    return [f"{entry['regime']}: fid_test baseline {fid_test(entry, Role.BASELINE)}, best ScoreAug {fid_test(entry, Role.BEST)}"
+            for entry in summary]
+
+
+def headline_lines(scaling_summary: dict, search_summary: list[dict]) -> list[str]:
+    """N50s and multipliers where the arms were compared across sizes, else the search's confirmed fid_test."""
+    lines = scaling_headline(scaling_summary)
+    if not scaling_summary.get("multipliers"):
+        lines += search_headline(search_summary)
+    return lines
