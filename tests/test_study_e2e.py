@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
+from study.run import main as run_cli
 from study.report.results import main as report_main
 from study.driver.runner import run_study
 from study.tracking.ledger import load_records
@@ -196,17 +197,28 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
         run_study(load_study_config(None, _tiny_study(output) + ["search.trials_per_regime=3"]), resume=True)
 
 
-def test_scaling_study_end_to_end(ray_session, tmp_path):
+def test_scaling_study_end_to_end(ray_session, tmp_path, capfd):
     """A tiny memorization scaling study: 2 training-set sizes, 2 arms (baseline, confirmed best ScoreAug) x 2 seeds,
-    searched on two objectives under a memorization constraint, with sample metrics at log-spaced eval points."""
+    searched on two objectives under a memorization constraint, with sample metrics at log-spaced eval points.
+    It runs through `study/run.py`'s entry point, whose terminal output is the study's own: no Tune box, no
+    TensorBoard hint, no Optuna INFO line, and a headline of N50s and the data multiplier at the end."""
     overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=scaling", f"output={tmp_path / 'study'}", "regimes={images: [8, 32]}", "search.trials_per_regime=2",
         "search.objectives=[fid_test,memorization_max]", "search.max_memorization=0.9", "trial.eval.fid=true",
         "trial.eval.fid_at=every", "trial.eval.schedule=log", "trial.eval.every_kimg=0.064", "scheduler.kind=none",
         "confirm.seeds=2", "resources.max_concurrent=2", "scaling.bootstrap=200",
     ]
-    config = load_study_config(None, overrides)
-    output = run_study(config, log=lambda *_: None)
+    assert run_cli(sum((["--set", o] for o in overrides), [])) == 0
+    output = tmp_path / "study"
+    out = capfd.readouterr().out
+    for noise in ("Configuration for experiment", "View detailed results", "tensorboard", "A new study created", "[I 20",
+                  "INFO mlflow"):
+        assert noise not in out, noise
+    lines = out.splitlines()
+    ending = lines[lines.index(next(line for line in lines if line.startswith("report: "))) - 3:]
+    assert ending[0].startswith("baseline: N50 ") and ending[1].startswith("best: N50 ")
+    assert ending[2].startswith("data multiplier of best (N50 of baseline / its N50): ")
+    assert ending[4].startswith("browse: mlflow ui --backend-store-uri sqlite:///") and ending[5] == "all 12 trials ran"
 
     table = pq.read_table(output / "results.parquet").to_pylist()
     assert all(r["status"] == "completed" for r in table), [r["failure_reason"] for r in table]
