@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_study_config  # noqa: E402
 from study.report.figures import scaling_figure  # noqa: E402
-from study.stats.scaling import bootstrap_pair, scaling_markdown, scaling_summary  # noqa: E402
+from study.report.scaling import scaling_markdown  # noqa: E402
+from study.stats.scaling import bootstrap_pair, scaling_summary  # noqa: E402
 from study.report.scaling import arm_rows  # noqa: E402
 
 

@@ -210,6 +210,7 @@ def test_scaling_study_end_to_end(ray_session, tmp_path, capfd):
     ]
     assert run_cli(sum((["--set", o] for o in overrides), [])) == 0
     output = tmp_path / "study"
+    config = load_study_config(str(output / "study_config.yaml"))
     out = capfd.readouterr().out
     for noise in ("Configuration for experiment", "View detailed results", "tensorboard", "A new study created", "[I 20",
                   "INFO mlflow"):
