@@ -68,6 +68,29 @@ class ScalingConfig(StrictModel):
     bootstrap_seed: int = 0  # fixed, so a report reproduces to the digit
 
 
+class DesignConfig(StrictModel):
+    """An adaptive scaling design (study/phases/adaptive.py, study/stats/design.py): the study places its
+    training-set sizes itself, round by round, where the next trials tell most about each arm's N50 and the
+    data multiplier, and stops trials whose answer is decided. Arms: the baseline and `confirm.arms`, plus the
+    searched best with `searched_arm` (searched first at the sizes of `regimes`; the config picked at the
+    smallest of them, where copying is most at stake, is then placed like any other arm)."""
+
+    kind: Literal["adaptive"] = "adaptive"
+    # Sizes are image counts in [min_images, max_images]. None: one image per class on a labelled dataset (a
+    # class-balanced subset needs that; below it a subset of n images holds one image of each of n classes), else 2;
+    # and the whole training pool.
+    min_images: int | None = Field(None, ge=2)
+    max_images: int | None = Field(None, ge=3)
+    slots: int | None = Field(None, ge=1)  # trials per round; None: as many as run at once
+    target_log_width: float = Field(0.2, gt=0)  # stop once each multiplier's 95% interval is this wide on the log scale
+    max_trials: int = Field(24, ge=2)  # and at the latest after this many trials
+    max_kimg: float | None = Field(None, gt=0)  # or this many training kimg over all trials
+    saturation: float = Field(0.9, gt=0.0, le=1.0)  # a trial copying this much is stopped: its answer is decided
+    slope: Literal["arm", "shared"] = "arm"  # one logistic slope per arm, or parallel curves (a relative-potency assay)
+    searched_arm: bool = False
+    seed_offset: int = Field(0, ge=0)
+
+
 class ResourcesConfig(StrictModel):
     num_workers: int = Field(1, ge=1)  # DDP workers per trial
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -118,6 +141,7 @@ class StudyConfig(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ablation: AblationConfig | None = None  # set: run these arms instead of search + confirmation
+    design: DesignConfig | None = None  # set: an adaptive scaling design instead of confirmation at fixed sizes
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
@@ -194,6 +218,8 @@ class StudyConfig(StrictModel):
                              f"({', '.join(self.search.objective_names)})")
         if self.ablation:
             self._check_arms("ablation.arms", self.ablation.arms)
+        if self.design:
+            self._check_design()
         if self.confirm.arms:
             self._check_arms("confirm.arms", self.confirm.arms, reserved=tuple(Role))
         if self.capacities:
@@ -201,6 +227,17 @@ class StudyConfig(StrictModel):
         if self.scheduler.kind == "asha" and self.scheduler.metric.startswith("fid") and self.trial.eval.fid_at != "every":
             raise ValueError("scheduler.metric fid needs trial.eval.fid_at: every (ASHA compares trials at every eval point)")
         return self
+
+    def _check_design(self) -> None:
+        if self.ablation:
+            raise ValueError("design and ablation are two kinds of study; set one of them")
+        if not self.trial.eval.fid:
+            raise ValueError("design needs trial.eval.fid: true (memorization is measured with the sample metrics)")
+        if not self.confirm.arms and not self.design.searched_arm:
+            raise ValueError("design needs an arm beside the baseline: confirm.arms or design.searched_arm: true")
+        low, high = self.design.min_images, self.design.max_images
+        if low is not None and high is not None and low >= high:
+            raise ValueError(f"design.min_images ({low}) must be below design.max_images ({high})")
 
     def _check_arms(self, where: str, arms: dict[str, dict[str, Any]], reserved: tuple[str, ...] = ()) -> None:
         for name in arms:
@@ -239,6 +276,15 @@ class StudyConfig(StrictModel):
     @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{self.output_dir / 'mlflow.db'}"
+
+    @property
+    def kind(self) -> str:
+        """Which phases the study runs (contract.PHASE_ORDER)."""
+        if self.ablation:
+            return "ablation"
+        if self.design:
+            return "searched-design" if self.design.searched_arm else "design"
+        return "search"
 
     @property
     def optuna_url(self) -> str:

@@ -20,6 +20,7 @@ class Phase(StrEnum):
     ABLATION = "ablation"
     SEARCH = "search"
     CONFIRM = "confirm"
+    DESIGN = "design"
     REPORT = "report"
     DONE = "done"
 
@@ -28,12 +29,15 @@ class Phase(StrEnum):
 PHASE_ORDER = {
     "ablation": (Phase.ABLATION, Phase.REPORT, Phase.DONE),
     "search": (Phase.SEARCH, Phase.CONFIRM, Phase.REPORT, Phase.DONE),
+    "design": (Phase.DESIGN, Phase.REPORT, Phase.DONE),
+    "searched-design": (Phase.SEARCH, Phase.DESIGN, Phase.REPORT, Phase.DONE),
 }
-TRIAL_PHASES = (Phase.ABLATION, Phase.SEARCH, Phase.CONFIRM)
+TRIAL_PHASES = (Phase.ABLATION, Phase.SEARCH, Phase.CONFIRM, Phase.DESIGN)
 
 
-def study_phases(ablation: bool) -> tuple[Phase, ...]:
-    return PHASE_ORDER["ablation" if ablation else "search"]
+def study_phases(kind: str) -> tuple[Phase, ...]:
+    """The phases of a study kind (StudyConfig.kind), in the order they run."""
+    return PHASE_ORDER[kind]
 
 
 class Role(StrEnum):

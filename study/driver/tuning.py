@@ -22,8 +22,9 @@ def run_phase(run: StudyRun, spec: PhaseSpec, trainable, concurrency: int) -> No
     tracker = MlflowTrialCallback.for_phase(run.tracking.parent, config, run.output, spec.phase)
     callbacks = [tracker, ProgressCallback.for_study(config, spec)]
     _tuner(run, spec, trainable, callbacks, concurrency).fit()
-    ended = sum("status" in r for r in load_records(run.output, spec.phase).values())
-    if ended < spec.trials:  # every trial that really ended has a status in the ledger
+    records = load_records(run.output, spec.phase)
+    if not spec.ended(records):
+        ended = sum("status" in r for r in records.values())
         raise PhaseInterrupted(f"{spec.phase}: {ended} of {spec.trials} trials ended")
 
 

@@ -7,7 +7,7 @@ trial, so a worker, the tracker and the report all read the cell from the trial 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from study.config import StudyConfig
@@ -43,11 +43,34 @@ def _regimes(config: StudyConfig, pool: int) -> list[tuple[str, float, int | Non
 def study_cells(config: StudyConfig) -> list[Cell]:
     """Every cell of the study, capacity-major, sizes ascending; raises DatasetError for a size the pool lacks."""
     pool = pool_size(config.trial.dataset, config.trial.data_path)
-    regimes = _regimes(config, pool)
     base = config.trial.model_dump()
+    return [_with_capacity(Cell(name, fraction, asked, images, base_trial=base), capacity)
+            for capacity in capacity_values(config) for name, fraction, asked, images in _regimes(config, pool)]
+
+
+def capacity_values(config: StudyConfig) -> list[tuple[str, object] | None]:
+    """(dotted trial key, value) per point of the capacity axis, or [None] without one."""
     if not config.capacities:
-        return [Cell(name, fraction, asked, images, base_trial=base) for name, fraction, asked, images in regimes]
+        return [None]
     (key, values), = config.capacities.items()
+    return [(key, value) for value in values]
+
+
+def sized_cell(config: StudyConfig, images: int, capacity: tuple[str, object] | None) -> Cell:
+    """The cell of `images` training images (an adaptive design's placement) at one capacity."""
+    pool = pool_size(config.trial.dataset, config.trial.data_path)
+    cell = Cell(f"n{images}", 1.0, images, regime_size(pool, images=images), base_trial=config.trial.model_dump())
+    return _with_capacity(cell, capacity)
+
+
+def capacity_label(capacity: tuple[str, object] | None) -> str:
+    """How a cell names its capacity: "model_channels=32", or "" without a capacity axis."""
+    return "" if capacity is None else f"{capacity[0].rsplit('.', 1)[-1]}={capacity[1]}"
+
+
+def _with_capacity(cell: Cell, capacity: tuple[str, object] | None) -> Cell:
+    if capacity is None:
+        return cell
+    key, value = capacity
     leaf = key.rsplit(".", 1)[-1]
-    return [Cell(f"{name}-{leaf}{value}", fraction, asked, images, f"{leaf}={value}", {key: value}, base)
-            for value in values for name, fraction, asked, images in regimes]
+    return replace(cell, name=f"{cell.name}-{leaf}{value}", capacity=capacity_label(capacity), fixed={key: value})

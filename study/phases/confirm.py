@@ -50,6 +50,14 @@ def pick_confirmed(trials: list[FrozenTrial], search: SearchConfig, pick_by: str
     return choose(candidates, key=lambda t: t.values[index]), note
 
 
+def picked_overrides(cell: Cell, storage_url: str, study_prefix: str, search: SearchConfig,
+                     pick_by: str | None) -> tuple[dict | None, str]:
+    """The overrides of the cell's picked searched trial (pick_confirmed), and the note when the rule had to bend."""
+    trials = load_regime_study(storage_url, study_name(study_prefix, cell.name)).get_trials(deepcopy=False)
+    best, note = pick_confirmed(trials, search, pick_by)
+    return (dict(best.user_attrs["overrides"]) if best is not None else None), note
+
+
 def confirmation_suggestions(cells: list[Cell], storage_url: str, study_prefix: str, confirm: ConfirmConfig,
                              search: SearchConfig, base_dropout: float) -> tuple[list[Suggestion], list[str]]:
     """Per cell: the picked ScoreAug trial, the baseline and each fixed arm (`confirm.arms`), each with

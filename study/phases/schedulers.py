@@ -9,11 +9,13 @@ where memorization matters most end up with nothing searched to confirm.
 from __future__ import annotations
 
 import copy
+import math
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from study.config import StudyConfig
 from study.phases.suggestion import Suggestion
+from study.stats.memorization_model import decided
 
 
 class PerCellASHA(ASHAScheduler):
@@ -40,3 +42,22 @@ def early_stopping(config: StudyConfig) -> PerCellASHA | None:
     return PerCellASHA(time_attr="kimg", metric=config.scheduler.metric, mode=config.search.mode, max_t=total_kimg,
                        grace_period=min(config.scheduler.grace_kimg, total_kimg),
                        reduction_factor=config.scheduler.reduction_factor)
+
+
+class DecidedStopper(FIFOScheduler):
+    """Stops a design trial once its answer is decided: it has copied `saturation` or more at an eval point.
+
+    Its memorization_max can only grow from there, so training on adds nothing the design needs; the trial
+    enters the fit as right-censored at the value it reached (study/stats/memorization_model.py), never as if
+    that value were final, and its eval points stay in the ledger, MLflow and results.parquet."""
+
+    def __init__(self, saturation: float):
+        super().__init__()
+        self.saturation = saturation
+        self.maxima: dict[str, float] = {}
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        value = result.get("memorization")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.maxima[trial.trial_id] = max(self.maxima.get(trial.trial_id, value), float(value))
+        return TrialScheduler.STOP if decided([self.maxima.get(trial.trial_id)], self.saturation) else TrialScheduler.CONTINUE

@@ -32,6 +32,8 @@ class Suggestion:
     seed: int = 0
     optuna_study: str | None = None
     optuna_trial: int | None = None  # the searched trial (or, in confirmation, the one confirmed)
+    round: int | None = None  # the adaptive design's round that placed it
+    placed_by: str = ""  # and why: bracket, refine or confirm (study/stats/design.py)
     trial: dict | None = None  # the trial config, resolved and validated on the driver
     invalid: str | None = None  # why no trial config accepts it (the trial then fails at once)
 

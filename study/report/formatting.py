@@ -22,3 +22,13 @@ def interval(value, low, high, bound=None, defined=1.0) -> str:
 def spread(mean, std) -> str:
     """Mean ± sample standard deviation over seeds; the mean alone with one seed."""
     return MISSING if mean is None else f"{number(mean)} ± {number(std)}" if std is not None else number(mean)
+
+
+def model_interval(value, low, high, bound=None) -> str:
+    """A model estimate (study/stats/memorization_model.py): a 95% interval, the bracket a crossing lies in before
+    the fit can place it, or a one-sided bound where the data do not bracket it."""
+    if bound is None:
+        return f"{number(value)} [{number(low)}, {number(high)}]"
+    return {"bracket": f"{number(value)} (bracketed by {number(low)} and {number(high)})",
+            "below": f"< {number(high)}", "above": f"> {number(low)}", "lower": f">= {number(low)}",
+            "upper": f"<= {number(high)}"}.get(bound, MISSING)

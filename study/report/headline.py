@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from study.contract import Role
-from study.report.formatting import interval, spread
+from study.report.formatting import interval, model_interval, spread
 
 
 def scaling_headline(summary: dict) -> list[str]:
@@ -37,4 +37,21 @@ def headline_lines(scaling_summary: dict, search_summary: list[dict]) -> list[st
     lines = scaling_headline(scaling_summary)
     if not scaling_summary.get("multipliers"):
         lines += search_headline(search_summary)
+    return lines
+
+
+def design_headline(summaries: dict[str, dict]) -> list[str]:
+    """Per capacity, each arm's model N50 and each multiplier, with what the design spent on them."""
+    lines = []
+    for capacity, summary in summaries.items():
+        where = f" at {capacity}" if capacity else ""
+        final = summary["final"] or {"per_arm": [], "multipliers": []}
+        for entry in final["per_arm"]:
+            spent = summary["cost"][entry["arm"]]
+            n50 = model_interval(entry["n50"], entry["n50_low"], entry["n50_high"], entry["n50_bound"])
+            lines.append(f"{entry['arm']}{where}: N50 {n50} images ({spent['trials']} trials, {spent['kimg']:,.0f} kimg)")
+        for entry in final["multipliers"]:
+            value = model_interval(entry["data_multiplier"], entry["data_multiplier_low"], entry["data_multiplier_high"],
+                                   entry["data_multiplier_bound"])
+            lines.append(f"data multiplier of {entry['arm']}{where} (N50 of {entry['reference']} / its N50): {value}")
     return lines

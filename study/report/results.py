@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +229,7 @@ class StudyReport:
     artifacts: list[Path]
     parent_metrics: dict[str, float]
     headline: list[str]
+    round_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # an adaptive design's, by round
 
 
 def write_report(config: StudyConfig, output: Path) -> StudyReport:
@@ -247,6 +248,8 @@ def write_report(config: StudyConfig, output: Path) -> StudyReport:
     if config.ablation:
         artifacts = _write_ablation_report(config, rows, output, report, scaling.markdown)
         return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, []))
+    if config.design:
+        return _write_design_report(config, rows, records, output)
     summary = summarize(rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "summary.parquet")
     markdown = summary_markdown(summary, status_counts([r["status"] for r in rows]))
@@ -259,6 +262,22 @@ def write_report(config: StudyConfig, output: Path) -> StudyReport:
     artifacts += size_figures(summary, report) + loss_gap_curves_figure(first_seed_curves(records), report)
     artifacts += best_configs(config, rows, report)
     return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, summary))
+
+
+def _write_design_report(config: StudyConfig, rows: list[dict], records: list[dict], output: Path) -> StudyReport:
+    """An adaptive design's report/summary.md: the model's N50s and multipliers first, then what the search found."""
+    from study.report.design import write_design_report
+    from study.report.headline import design_headline
+
+    report = output / "report"
+    design = write_design_report(config, records, report)
+    markdown = design.markdown + "\n".join(f"- {note}" for note in status_counts([r["status"] for r in rows])) + "\n"
+    if config.design.searched_arm:
+        importances = param_importances(config, output, sorted({r["regime"] for r in rows if r["phase"] == Phase.SEARCH}))
+        markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
+    (report / "summary.md").write_text(markdown)
+    artifacts = [output / "results.parquet", report / "summary.md", *design.artifacts]
+    return StudyReport(artifacts, {}, design_headline(design.summary), design.round_metrics)
 
 
 def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str) -> list[Path]:

@@ -56,7 +56,8 @@ class Design:
     n_max: int
     reference: str = "baseline"
     samples: int = 256
-    slope: str = "arm"
+    slope: str = "arm"  # the model's slope: one per arm, or "shared"
+    link: str = "logit"  # the model's curve: "logit" or "probit"
     lack_of_fit: float = 0.1
     max_se: float = 0.3
     bracket_pending: int = 3
@@ -153,7 +154,7 @@ def _information(log_n: np.ndarray, count: np.ndarray, draws, dispersion: float,
     inflation; `count` trials at one size share a lack-of-fit term of variance tau^2, so they add up to at
     most 1 / tau^2."""
     theta, log_slope, _ = draws
-    cdf, _, density = model.LINKS["logit"]
+    cdf, _, density = model.LINKS[state.design.link]
     slope = np.exp(log_slope)[:, None]
     eta = -slope * (log_n[None, :] - theta[:, None])
     mu = np.clip(cdf(eta), 1e-9, 1 - 1e-9)
@@ -210,8 +211,8 @@ def _next_placement(state: State, fit: Fit | None, pending: Sequence[Placement])
     brackets = [p for arm in arms if phases[arm] == "bracket"
                 for p in [_bracket_placement(state, arm, pending)] if p is not None]
     first = [p for p in brackets if not in_flight[p.arm]]
-    if first:
-        return first[0]
+    if first:  # the arm with the fewest trials first: with fewer slots than arms, none waits forever
+        return min(first, key=lambda p: sum(o.arm == p.arm for o in state.observations))
     refine = _refine_placement(state, [arm for arm in arms if phases[arm] == "refine"], fit, pending)
     if refine is not None or not brackets:
         return refine
@@ -222,7 +223,7 @@ def next_round(state: State, slots: int, fit: Fit | None = None) -> list[Placeme
     """The next `slots` placements (fewer when bracketing must wait for results). `fit`: the current fit of
     state.observations, when the caller has it (else it is fitted here)."""
     if fit is None and state.observations:
-        fit = model.fit(state.observations, slope=state.design.slope)
+        fit = model.fit(state.observations, slope=state.design.slope, link=state.design.link)
     placed: list[Placement] = []
     for _ in range(slots):
         placement = _next_placement(state, fit, state.pending + tuple(placed))

@@ -289,7 +289,7 @@ class Fit:
         return self.crossing(arm, 0.5)
 
     def emm(self, arm: str) -> Interval:
-        """Early memorization mark: where the arm copies 90%."""
+        """Gu et al.'s effective model memorization as this project reads it: the size where the arm copies 90%."""
         return self.crossing(arm, 0.9)
 
     def multiplier(self, arm: str, reference: str = "baseline") -> Interval:

@@ -111,10 +111,15 @@ class StudyTracking:
     def parent(self) -> ParentRun:
         return ParentRun(self.uri, self.experiment_id, self.parent_run_id)
 
-    def attach_report(self, artifacts: list[Path], headline: dict[str, float]) -> None:
+    def attach_report(self, artifacts: list[Path], headline: dict[str, float],
+                      by_round: list[tuple[int, dict[str, float]]] = ()) -> None:
+        """The report's files, its headline statistics and (an adaptive design) their values after each round,
+        stepped by round so the MLflow UI charts the estimate converging; then the study's run is closed."""
         for path in artifacts:
             self.client.log_artifact(self.parent_run_id, str(path), "report" if path.parent.name == "report" else None)
         log_parent_metrics(self.client, self.parent_run_id, headline)
+        for step, values in by_round:
+            log_parent_metrics(self.client, self.parent_run_id, values, step)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
 
     def abandon(self) -> None:

@@ -49,6 +49,7 @@ def run_tags(suggestion: Suggestion, trial_id: str, phase: Phase, parent_run_id:
         "phase": phase,
         "role": suggestion.role,
         "optuna_trial": "" if suggestion.optuna_trial is None else str(suggestion.optuna_trial),
+        **({"round": str(suggestion.round), "placed_by": suggestion.placed_by} if suggestion.round is not None else {}),
     }
 
 

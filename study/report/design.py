@@ -1,0 +1,120 @@
+"""The report of an adaptive scaling design: each arm's N50, EMM and data multiplier from the fitted model, what
+each arm cost, how the estimates converged round by round, N50 against training time, and the design figure.
+
+Model-based statistics sit beside (never in place of) the per-size statistics of scaling.json: a design places
+sizes one trial at a time, so there are no seed groups per size to bootstrap over.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from study.config import StudyConfig
+from study.contract import Phase, Role, Status
+from study.phases.suggestion import Suggestion
+from study.report.formatting import model_interval, number
+from study.stats import design_summary
+from study.stats.design_summary import DesignTrial
+
+KEPT = (Status.COMPLETED, Status.EARLY_STOPPED)
+
+
+@dataclass
+class DesignReport:
+    markdown: str = ""
+    summary: dict = field(default_factory=dict)  # capacity -> the design's statistics
+    artifacts: list[Path] = field(default_factory=list)
+    # (round, metrics): the model's N50s and multipliers after each round; the last round's are the final ones
+    round_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def design_trials(records: list[dict], samples: int) -> dict[str, list[DesignTrial]]:
+    """Per capacity, the design's ended trials with their memorization curves, in the order they were placed."""
+    trials: dict[str, list[DesignTrial]] = {}
+    for record in sorted(records, key=lambda r: r["started"]):
+        if record["phase"] != Phase.DESIGN or record.get("status") not in KEPT:
+            continue
+        suggestion = Suggestion.from_tune(record["suggestion"])
+        points = tuple((h["kimg"], h["memorization"]) for h in record["history"]
+                       if isinstance(h.get("memorization"), (int, float)) and math.isfinite(h["memorization"]))
+        if points:
+            trial = DesignTrial(suggestion.role, suggestion.images, suggestion.round or 0, points,
+                                record["history"][-1]["kimg"], samples)
+            trials.setdefault(suggestion.capacity, []).append(trial)
+    return trials
+
+
+def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
+    total, reference, slope = config.trial.train.total_kimg, Role.BASELINE.value, config.design.slope
+    return {"final": design_summary.estimates([t.observation(total) for t in trials], reference, slope),
+            "by_round": design_summary.by_round(trials, total, reference, slope),
+            "by_kimg": design_summary.by_kimg(trials, reference, slope),
+            "cost": design_summary.cost(trials, total),
+            "placements": [{"arm": t.arm, "images": t.images, "round": t.round, "memorization_max": max(m for _, m in t.points),
+                            "censored": t.last_kimg < total - 1e-6} for t in trials]}
+
+
+def _metric_name(*parts: str) -> str:
+    return ".".join(re.sub(r"[^A-Za-z0-9_.\-/]", "", p) for p in parts if p)
+
+
+def headline_metrics(estimates: dict | None, capacity: str) -> dict[str, float]:
+    """Each arm's model N50 and each multiplier with their intervals, as MLflow metric names."""
+    metrics = {}
+    for entry in (estimates or {}).get("per_arm", []):
+        for key in ("n50", "n50_low", "n50_high"):
+            if entry.get(key) is not None:
+                metrics[_metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
+    for entry in (estimates or {}).get("multipliers", []):
+        for key in ("data_multiplier", "data_multiplier_low", "data_multiplier_high"):
+            if entry.get(key) is not None:
+                metrics[_metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
+    return metrics
+
+
+def _estimate(entry: dict, name: str) -> str:
+    return model_interval(entry[name], entry[f"{name}_low"], entry[f"{name}_high"], entry[f"{name}_bound"])
+
+
+def design_markdown(capacity: str, summary: dict) -> str:
+    where = f" at {capacity}" if capacity else ""
+    final = summary["final"] or {"per_arm": [], "multipliers": []}
+    lines = [f"### The adaptive design{where}", "", "| arm | trials | trial-kimg | stopped as decided | N50 | EMM |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for entry in final["per_arm"]:
+        spent = summary["cost"][entry["arm"]]
+        lines.append(f"| {entry['arm']} | {spent['trials']} | {number(spent['kimg'])} | {spent['stopped_decided']} "
+                     f"| {_estimate(entry, 'n50')} | {_estimate(entry, 'emm')} |")
+    lines += ["", "| arm | data multiplier (N50 of baseline / its N50) |", "| --- | --- |"]
+    lines += [f"| {m['arm']} | {_estimate(m, 'data_multiplier')} |" for m in final["multipliers"]]
+    lines += ["", "N50 against training time (the same trials, memorization_max up to each eval kimg):", "",
+              "| kimg | " + " | ".join(f"N50 {e['arm']}" for e in final["per_arm"]) + " | multipliers |",
+              "|---|" + "---|" * (len(final["per_arm"]) + 1)]
+    for row in summary["by_kimg"]:
+        arms = {e["arm"]: e for e in row.get("per_arm", [])}
+        cells = [_estimate(arms[a], "n50") if a in arms else "-" for a in (e["arm"] for e in final["per_arm"])]
+        cells.append("; ".join(f"{m['arm']} {_estimate(m, 'data_multiplier')}" for m in row.get("multipliers", [])) or "-")
+        lines.append(f"| {number(row['kimg'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_design_report(config: StudyConfig, records: list[dict], folder: Path) -> DesignReport:
+    """design.json, the design and phase-diagram figures, and the model's headline numbers, per capacity."""
+    import json
+
+    from study.report.figures import design_figure, n50_kimg_figure
+
+    report = DesignReport()
+    for capacity, trials in design_trials(records, config.trial.eval.num_samples).items():
+        summary = report.summary[capacity] = summarize_design(config, trials)
+        report.markdown += design_markdown(capacity, summary) + "\n"
+        report.round_metrics += [(row["round"], headline_metrics(row, capacity)) for row in summary["by_round"]]
+    if not report.summary:
+        return report
+    (folder / "design.json").write_text(json.dumps(report.summary, indent=1))
+    report.artifacts = [folder / "design.json", *design_figure(report.summary, folder), *n50_kimg_figure(report.summary, folder)]
+    report.markdown = "## The adaptive design\n\n![design](design.png)\n\n![N50 against training time](n50_kimg.png)\n\n" + report.markdown
+    return report

@@ -1,0 +1,87 @@
+"""The adaptive design's figures: where it placed its trials and what the fitted curves say, and N50 against
+training time (the memorization phase diagram) with the data multiplier beneath it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study.report.figures.base import arm_colors, figure, no_data, save
+
+
+def _placements_panel(ax, summary: dict, colors: dict) -> None:
+    """Memorization against N per arm: the fitted curve and its 95% band, each trial numbered in placement order
+    (open triangles: stopped as decided, so the true value lies at or above the point)."""
+    final = summary["final"] or {"curves": {}}
+    for arm, curve in final["curves"].items():
+        ax.plot(curve["images"], curve["mid"], color=colors[arm], label=arm)
+        if curve["low"] is not None:
+            ax.fill_between(curve["images"], curve["low"], curve["high"], color=colors[arm], alpha=0.15, linewidth=0)
+    for order, placed in enumerate(summary["placements"], start=1):
+        marker = "^" if placed["censored"] else "o"
+        ax.scatter(placed["images"], placed["memorization_max"], marker=marker, color=colors[placed["arm"]],
+                   facecolors="none" if placed["censored"] else colors[placed["arm"]], zorder=3, s=22)
+        ax.annotate(str(order), (placed["images"], placed["memorization_max"]), textcoords="offset points",
+                    xytext=(3, 3), fontsize=6, color=colors[placed["arm"]])
+    for level in (0.5, 0.9):
+        ax.axhline(level, color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images N")
+    ax.set_ylabel("memorization (max over eval points)")
+    ax.legend(fontsize=7)
+    no_data(ax)
+
+
+def design_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
+    colors = arm_colors([p["arm"] for s in summaries.values() for p in s["placements"]])
+    fig, axes = figure(1, len(summaries), figsize=(5.5 * len(summaries), 4), squeeze=False)
+    for ax, (capacity, summary) in zip(axes[0], summaries.items()):
+        _placements_panel(ax, summary, colors)
+        ax.set_title(f"adaptive design{' at ' + capacity if capacity else ''}", fontsize=9)
+    return [save(fig, folder / "design.png")]
+
+
+def _estimate_points(rows: list[dict], key: str, arm: str, name: str) -> tuple[list, list, list]:
+    """(kimg, value, [below, above] error) where the estimate has a two-sided interval."""
+    xs, ys, errors = [], [], [[], []]
+    for row in rows:
+        entry = next((e for e in row.get(key, []) if e["arm"] == arm), None)
+        if entry and entry[name] is not None and entry[f"{name}_low"] is not None and entry[f"{name}_high"] is not None:
+            xs.append(row["kimg"])
+            ys.append(entry[name])
+            errors[0].append(entry[name] - entry[f"{name}_low"])
+            errors[1].append(entry[f"{name}_high"] - entry[name])
+    return xs, ys, errors
+
+
+def _kimg_panels(axes, summary: dict, colors: dict) -> None:
+    rows = summary["by_kimg"]
+    arms = sorted({e["arm"] for row in rows for e in row.get("per_arm", [])})
+    for arm in arms:
+        xs, ys, errors = _estimate_points(rows, "per_arm", arm, "n50")
+        axes[0].errorbar(xs, ys, yerr=errors, marker="o", capsize=3, color=colors[arm], label=f"N50 {arm}")
+        xs, ys, errors = _estimate_points(rows, "multipliers", arm, "data_multiplier")
+        if xs:
+            axes[1].errorbar(xs, ys, yerr=errors, marker="s", capsize=3, color=colors[arm], label=arm)
+    if axes[0].has_data():
+        axes[0].set_yscale("log")
+    axes[0].set_ylabel("N50 (training images)")
+    axes[1].set_ylabel("data multiplier")
+    axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
+    kimgs = [row["kimg"] for row in rows]
+    for ax in axes:
+        if kimgs:
+            ax.set_xscale("log")
+            ax.set_xlim(min(kimgs) / 1.25, max(kimgs) * 1.25)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        no_data(ax)
+    axes[1].set_xlabel("kimg trained")
+
+
+def n50_kimg_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
+    colors = arm_colors([p["arm"] for s in summaries.values() for p in s["placements"]])
+    fig, axes = figure(2, len(summaries), figsize=(5 * len(summaries), 6), squeeze=False)
+    for column, (capacity, summary) in enumerate(summaries.items()):
+        _kimg_panels(axes[:, column], summary, colors)
+        axes[0, column].set_title(f"N50 against training time{' at ' + capacity if capacity else ''}", fontsize=9)
+    return [save(fig, folder / "n50_kimg.png")]

@@ -1,0 +1,89 @@
+"""What an adaptive design's trials say, from the fitted model: each arm's N50 and EMM, the data multipliers, and
+how those estimates moved, round by round and along training time.
+
+Every trial's memorization curve is kept, so the same trials answer the question at each eval kimg: a trial's
+memorization_max up to kimg k is exact where it trained to k, and right-censored where it was stopped earlier
+as decided (it had copied `saturation` by then, and its maximum can only grow). That gives N50 against training
+time, the memorization phase diagram, without a single extra trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from study.stats import memorization_model as model
+
+
+@dataclass(frozen=True)
+class DesignTrial:
+    """One ended trial of the design: where it was placed, and its memorization at each eval point."""
+
+    arm: str
+    images: int
+    round: int
+    points: tuple[tuple[float, float], ...]  # (kimg, memorization), in training order
+    last_kimg: float  # where it stopped (its budget, or earlier when decided)
+    samples: int = 256
+
+    def observation(self, kimg: float) -> model.Observation | None:
+        """Its memorization_max up to `kimg`: exact if it trained that far, else right-censored."""
+        seen = [m for k, m in self.points if k <= kimg + 1e-9]
+        if not seen:
+            return None
+        return model.Observation(self.arm, self.images, max(seen), censored=self.last_kimg < kimg - 1e-6,
+                                 samples=self.samples)
+
+
+def _interval(interval: model.Interval, name: str) -> dict:
+    return {name: interval.value, f"{name}_low": interval.low, f"{name}_high": interval.high, f"{name}_bound": interval.bound}
+
+
+def estimates(observations: Sequence[model.Observation], reference: str, slope: str = "arm") -> dict | None:
+    """Per arm N50 and EMM, and each arm's multiplier against `reference`, with their intervals; None without data
+    enough to fit (no observation, or an arm-less fit)."""
+    observations = [o for o in observations if o is not None]
+    if not observations:
+        return None
+    fit = model.fit(observations, slope=slope)
+    per_arm = [{"arm": arm, "trials": sum(o.arm == arm for o in observations),
+                **_interval(fit.n50(arm), "n50"), **_interval(fit.emm(arm), "emm")} for arm in fit.arms]
+    multipliers = [{"arm": arm, "reference": reference, **_interval(fit.multiplier(arm, reference), "data_multiplier")}
+                   for arm in fit.arms if arm != reference and reference in fit.arms]
+    return {"per_arm": per_arm, "multipliers": multipliers, "slope": {arm: fit.slope(arm) for arm in fit.arms},
+            "overdispersion": fit.rho, "curves": {arm: curve_band(fit, arm, observations) for arm in fit.arms}}
+
+
+def curve_band(fit: model.Fit, arm: str, observations: Sequence[model.Observation], draws: int = 400) -> dict:
+    """The fitted curve over the sizes tried, with a pointwise 95% band from the parameters' sampling distribution
+    (drawn with a fixed seed, so a report reproduces); no band where the fit has no finite covariance."""
+    sizes = np.geomspace(min(o.images for o in observations), max(o.images for o in observations), 60)
+    curve = {"images": sizes.tolist(), "mid": fit.predict(arm, sizes).tolist(), "low": None, "high": None}
+    if np.all(np.isfinite(fit.covariance)):
+        rng = np.random.default_rng(0)
+        params = rng.multivariate_normal(fit.params, fit.covariance, size=draws, check_valid="ignore")
+        predictions = np.array([replace(fit, params=p).predict(arm, sizes) for p in params])
+        curve["low"], curve["high"] = (np.percentile(predictions, q, axis=0).tolist() for q in (2.5, 97.5))
+    return curve
+
+
+def by_round(trials: Sequence[DesignTrial], total_kimg: float, reference: str, slope: str = "arm") -> list[dict]:
+    """The estimates after each round, from the trials placed up to it: how the answer converged."""
+    rounds = sorted({t.round for t in trials})
+    return [{"round": r, **(estimates([t.observation(total_kimg) for t in trials if t.round <= r], reference, slope) or {})}
+            for r in rounds]
+
+
+def by_kimg(trials: Sequence[DesignTrial], reference: str, slope: str = "arm") -> list[dict]:
+    """The estimates at each eval kimg: N50 against training time, and whether the multiplier holds."""
+    kimgs = sorted({k for t in trials for k, _ in t.points})
+    return [{"kimg": k, **(estimates([t.observation(k) for t in trials], reference, slope) or {})} for k in kimgs]
+
+
+def cost(trials: Sequence[DesignTrial], total_kimg: float) -> dict[str, dict]:
+    """Per arm: trials run, trial-kimg spent, trials stopped early as decided."""
+    return {arm: {"trials": len(mine), "kimg": sum(t.last_kimg for t in mine),
+                  "stopped_decided": sum(t.last_kimg < total_kimg - 1e-6 for t in mine)}
+            for arm in sorted({t.arm for t in trials}) for mine in [[t for t in trials if t.arm == arm]]}
