@@ -189,3 +189,10 @@ def test_run_names_say_the_arm_and_seed():
     assert named("ablation", cell="n22-model_channels8", role="scoreaug_fixed", seed=0) == "n22-model_channels8-scoreaug_fixed-s0-abc"
     assert named("search", cell="n22", role="search", optuna_trial=2) == "n22-search-t2-abc"
     assert named("confirm", cell="n22", role="best", optuna_trial=2, seed=1001) == "n22-best-s1001-abc"
+
+
+def test_the_default_study_keeps_the_fingerprint_earlier_releases_wrote():
+    """A study folder started by earlier code resumes only if its config's fingerprint is unchanged: keys added
+    since (an unset `design`) must not enter it. The value is the one the commit before the adaptive design wrote."""
+    assert search_fingerprint(load_study_config(None, [])) == "f06b7ee887dcd642"
+    assert search_fingerprint(load_study_config(None, ["design={}", "confirm.arms={f: {score_augment.p: 0.5}}"])) != "f06b7ee887dcd642"

@@ -23,7 +23,9 @@ class StudyError(RuntimeError):
 
 def search_fingerprint(config: StudyConfig) -> str:
     """What a resumed study must share with the original: everything but the output and tracking locations."""
-    relevant = config.model_dump(exclude={"output", "tracking", "storage_path", "failures"})
+    # Keys added since a study began are left out while unset, so a study started by earlier code still resumes.
+    unset_since = {"design"} if config.design is None else set()
+    relevant = config.model_dump(exclude={"output", "tracking", "storage_path", "failures"} | unset_since)
     relevant["resources"] = {k: v for k, v in relevant["resources"].items() if k in ("num_workers",)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
