@@ -23,6 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The default study of fixed sizes, searched and confirmed (the default study itself is an adaptive design):
+# tests of searches, confirmation, resume and faults start from it.
+GRID_CONFIG = str(ROOT / "study" / "configs" / "demo_grid.yaml")
+
 # Tiny trial settings shared by tests: a few hundred images, no FID unless a test asks for it.
 TINY_TRIAL = [
     "dataset=digits", "model.preset=digits-tiny", "train.batch_size=32", "train.total_kimg=0.256",

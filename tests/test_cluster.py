@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.driver.runner import run_study
-from tests.conftest import ROOT, TINY_TRIAL, WORKER_NODES, free_port, mlflow_server
+from tests.conftest import GRID_CONFIG, ROOT, TINY_TRIAL, WORKER_NODES, free_port, mlflow_server
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_LOCAL_YAML = ROOT / "cluster-local.yaml"
@@ -249,8 +249,8 @@ def test_storage_path_is_absolute_on_the_driver_and_a_bucketless_uri_is_refused(
     from study.run import main
 
     monkeypatch.chdir(tmp_path)
-    assert load_study_config(None, ["storage_path=shared/tune"]).tune_storage == str(tmp_path / "shared" / "tune")
-    assert load_study_config(None, ["storage_path=s3://b/p"]).tune_storage == "s3://b/p"
+    assert load_study_config(GRID_CONFIG, ["storage_path=shared/tune"]).tune_storage == str(tmp_path / "shared" / "tune")
+    assert load_study_config(GRID_CONFIG, ["storage_path=s3://b/p"]).tune_storage == "s3://b/p"
     assert "local to this machine" in (main(["--dry-run"]) == 0 and capsys.readouterr().out)
     assert main(["--dry-run", "--set", "storage_path=s3://"]) == 2
     assert "storage_path: must be a path shared by every node" in capsys.readouterr().err
@@ -286,7 +286,7 @@ def test_ddp_trial_spans_nodes_and_survives_losing_one(ray_cluster, tmp_path):
         "scheduler.kind=none", "confirm.seeds=0", f"trial.train.total_kimg={total_kimg}",
         "resources.num_workers=2", "resources.cpus_per_worker=1", "resources.max_failures=2", "resources.max_concurrent=1",
     ]
-    config = load_study_config(None, overrides)
+    config = load_study_config(GRID_CONFIG, overrides)
     worker_nodes = {node.node_id: node for node in ray_cluster.worker_nodes}
     assert len(worker_nodes) == WORKER_NODES
     seen: dict = {}
@@ -378,7 +378,7 @@ def test_study_tracks_to_an_mlflow_server(ray_session, tmp_path):
         ]
         address = ray_session.get_runtime_context().gcs_address
         driver = subprocess.run(
-            [sys.executable, "study/run.py", "--address", address] + sum((["--set", s] for s in sets), []),
+            [sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address] + sum((["--set", s] for s in sets), []),
             cwd=ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_AUTH_MODE": "token"})
         assert driver.returncode == 0, (driver.stdout + driver.stderr)[-3000:]
         assert f"tracking: {url} (experiment served)" in driver.stdout

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.driver.runner import run_study
-from tests.conftest import ROOT, TINY_TRIAL, free_port, mlflow_server
+from tests.conftest import GRID_CONFIG, ROOT, TINY_TRIAL, free_port, mlflow_server
 
 TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds", "eval_seconds"}
 
@@ -153,7 +153,7 @@ def test_diverging_trial_stops_and_the_study_goes_on(ray_session, tmp_path, monk
 
     monkeypatch.setitem(spaces.SPACES, "diverging", _diverging_space)
     output = tmp_path / "study"
-    config = load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + [
+    config = load_study_config(GRID_CONFIG, [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=diverging", f"output={output}", "regimes=[1.0]", "search.trials_per_regime=2", "search.space=diverging",
         "search.metric=test_loss", "scheduler.kind=none", "confirm.seeds=0", "resources.max_concurrent=2",
         "resources.max_failures=1",
@@ -228,7 +228,7 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
     ]
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as log:
-        driver = subprocess.Popen([sys.executable, "study/run.py", "--address", address, *sum((["--set", s] for s in sets), [])],
+        driver = subprocess.Popen([sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address, *sum((["--set", s] for s in sets), [])],
                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "token"})
     try:
         # Kill once the driver has recorded a result of the trial: its checkpoint is then registered (an upload the
@@ -293,7 +293,7 @@ def test_a_study_that_never_launched_a_trial_is_not_held(ray_session, tmp_path):
     from study.driver.plan import PlanError
 
     address = ray_session.get_runtime_context().gcs_address
-    config = load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + [
+    config = load_study_config(GRID_CONFIG, [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=unfit", f"output={tmp_path / 'study'}", "regimes=[1.0]", "search.metric=test_loss",
         "search.max_memorization=null", "resources.cpus_per_worker=64"])
     for _ in range(2):  # the second attempt fails the same way, not with "already holds study"
@@ -328,7 +328,7 @@ def test_without_address_a_study_starts_its_own_ray_beside_a_running_cluster(tmp
         sets = [f"trial.{s}" for s in TINY_TRIAL] + [
             "name=beside", "regimes=[1.0]", "search.trials_per_regime=1", "search.metric=test_loss",
             "search.max_memorization=null", "scheduler.kind=none", "confirm.seeds=0", "resources.num_cpus=1"]
-        result = subprocess.run([sys.executable, "study/run.py", "--output", str(output), *sum((["--set", s] for s in sets), [])],
+        result = subprocess.run([sys.executable, "study/run.py", "--config", GRID_CONFIG, "--output", str(output), *sum((["--set", s] for s in sets), [])],
                                 cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "starting a local Ray with 1 CPUs (a Ray cluster already running here is not joined" in result.stdout
@@ -363,7 +363,7 @@ def test_driver_killed_during_a_tracking_outage_then_resumed_leaves_mlflow_compl
         "name=killed-driver", f"tracking.uri={url}", "regimes=[1.0]", "search.trials_per_regime=2",
         "search.metric=test_loss", "search.max_memorization=null", "scheduler.kind=none", "confirm.seeds=0",
         f"trial.train.total_kimg={total}", f"trial.eval.every_kimg={every}", "resources.max_concurrent=2"]
-    command = [sys.executable, "study/run.py", "--address", address, "--output", str(output), *sum((["--set", s] for s in sets), [])]
+    command = [sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address, "--output", str(output), *sum((["--set", s] for s in sets), [])]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
 
     def points() -> int:

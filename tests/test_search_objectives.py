@@ -3,6 +3,8 @@ config's rule, and `search.mode` reaches Optuna's directions and ASHA."""
 
 import optuna
 import pytest
+
+from tests.conftest import GRID_CONFIG
 from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -85,16 +87,16 @@ def test_confirmation_without_a_feasible_trial_takes_the_least_infeasible_and_sa
 
 def test_search_mode_reaches_asha():
     for mode in ("min", "max"):
-        config = load_study_config(None, [f"search.mode={mode}", "scheduler.kind=asha"])
+        config = load_study_config(GRID_CONFIG, [f"search.mode={mode}", "scheduler.kind=asha"])
         assert early_stopping(config)._mode == mode
-    assert early_stopping(load_study_config(None, ["scheduler.kind=none"])) is None
+    assert early_stopping(load_study_config(GRID_CONFIG, ["scheduler.kind=none"])) is None
 
 
 def test_capacity_cells_cross_every_size_and_reach_the_trial_config():
     from study.phases.cells import study_cells
     from study.phases.suggestion import trial_config
 
-    config = load_study_config(None, ["regimes={images: [18, 36]}", "capacities={model.model_channels: [16, 32]}"])
+    config = load_study_config(GRID_CONFIG, ["regimes={images: [18, 36]}", "capacities={model.model_channels: [16, 32]}"])
     cells = study_cells(config)
     assert [(c.name, c.images, c.capacity) for c in cells] == [
         ("n18-model_channels16", 18, "model_channels=16"), ("n36-model_channels16", 36, "model_channels=16"),

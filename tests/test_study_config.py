@@ -7,7 +7,7 @@ import pytest
 
 from study.config import load_study_config
 from study.driver.plan import Node, PlanError, check_fits
-from tests.conftest import ROOT
+from tests.conftest import GRID_CONFIG, ROOT
 from trainables.config_io import ConfigError
 
 
@@ -92,26 +92,30 @@ def test_missing_config_file():
 def test_dry_run_prints_the_plan(tmp_path):
     result = _run("--dry-run", "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    for expected in ("regime n18: 18 images", "regime n72: 72 images", "eval at kimg 2.5, 5, 10, 20, 25",
-                     "to minimize fid_test subject to memorization_max <= 0.1", "concurrency: 2 trial(s) at once",
-                     f"tracking: sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "tune storage:", "optuna storage:"):
-        assert expected in result.stdout
+    for expected in ("up to 18 trials (adaptive design: arms baseline, scoreaug_fixed; sizes placed in 4-288 images",
+                     "a trial copying 0.9 stops as decided", "eval at kimg 2.5, 5, 10, 20, 25", "search: none",
+                     "concurrency: 2 trial(s) at once", f"tracking: sqlite:///{tmp_path / 'out' / 'mlflow.db'}",
+                     "tune storage:", "optuna storage:"):
+        assert expected in result.stdout, result.stdout
+    grid = _run("--config", GRID_CONFIG, "--dry-run", "--output", str(tmp_path / "out"))
+    for expected in ("regime n18: 18 images", "regime n72: 72 images", "to minimize fid_test subject to memorization_max <= 0.1"):
+        assert expected in grid.stdout, grid.stdout
     assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_names_fractions_capacities_and_a_size_the_pool_lacks(tmp_path):
-    result = _run("--dry-run", "--output", str(tmp_path / "out"), "--set", "regimes=[0.3,1.0]",
+    result = _run("--config", GRID_CONFIG, "--dry-run", "--output", str(tmp_path / "out"), "--set", "regimes=[0.3,1.0]",
                   "--set", "capacities={model.model_channels: [16, 32]}")
     assert result.returncode == 0, result.stderr
     for expected in ("regime r0.3-model_channels16: 0.3 of the training set = 431 images, capacity model_channels=16",
                      "regime r1-model_channels32: 1 of the training set = 1438 images, capacity model_channels=32",
                      "28 trials (3 searched per regime incl. the baseline, 16 confirmation runs)"):
         assert expected in result.stdout, result.stdout
-    too_many = _run("--dry-run", "--set", "regimes={images: [18, 5000]}")
+    too_many = _run("--config", GRID_CONFIG, "--dry-run", "--set", "regimes={images: [18, 5000]}")
     assert too_many.returncode == 2 and "5000" in too_many.stderr and "1438" in too_many.stderr, too_many.stderr
 
 
-@pytest.mark.parametrize("name", ["mnist.yaml", "cifar10.yaml", "scaling.yaml", "leakage.yaml"])
+@pytest.mark.parametrize("name", ["demo_grid.yaml", "mnist.yaml", "cifar10.yaml", "scaling.yaml", "leakage.yaml", "capacity.yaml"])
 def test_shipped_configs_validate(name):
     result = _run("--config", f"study/configs/{name}", "--dry-run")
     assert result.returncode == 0, result.stderr

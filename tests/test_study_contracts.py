@@ -21,13 +21,13 @@ from study.driver.state import search_fingerprint
 from study.phases.schedulers import early_stopping
 from study.phases.searcher import RegimeSearcher, load_regime_study, open_regime_study
 from study.phases.suggestion import Suggestion
-from tests.conftest import TINY_TRIAL
+from tests.conftest import GRID_CONFIG, TINY_TRIAL
 from trainables.catalog import DATASETS
 from trainables.data import load_dataset, pool_size
 
 
 def _config(*sets):
-    return load_study_config(None, [f"trial.{s}" for s in TINY_TRIAL] + ["search.metric=test_loss",
+    return load_study_config(GRID_CONFIG, [f"trial.{s}" for s in TINY_TRIAL] + ["search.metric=test_loss",
                                                                           "search.max_memorization=null", *sets])
 
 
@@ -193,6 +193,10 @@ def test_run_names_say_the_arm_and_seed():
 
 def test_the_default_study_keeps_the_fingerprint_earlier_releases_wrote():
     """A study folder started by earlier code resumes only if its config's fingerprint is unchanged: keys added
-    since (an unset `design`) must not enter it. The value is the one the commit before the adaptive design wrote."""
-    assert search_fingerprint(load_study_config(None, [])) == "f06b7ee887dcd642"
-    assert search_fingerprint(load_study_config(None, ["design={}", "confirm.arms={f: {score_augment.p: 0.5}}"])) != "f06b7ee887dcd642"
+    since (an unset `design`) must not enter it. The value is the one the commit before the adaptive design wrote
+    for the default study of then, which is demo_grid.yaml under its old name."""
+    from study.config import DEFAULT_CONFIG
+
+    grid = str(DEFAULT_CONFIG.with_name("demo_grid.yaml"))
+    assert search_fingerprint(load_study_config(grid, ["name=demo"])) == "f06b7ee887dcd642"
+    assert search_fingerprint(load_study_config(grid, ["name=demo", "design={}", "confirm.arms={f: {score_augment.p: 0.5}}"])) != "f06b7ee887dcd642"

@@ -13,7 +13,7 @@ from study.run import main as run_cli
 from study.report.results import main as report_main
 from study.driver.runner import run_study
 from study.tracking.ledger import load_records
-from tests.conftest import TINY_TRIAL
+from tests.conftest import GRID_CONFIG, TINY_TRIAL
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_real_study_end_to_end(ray_session, tmp_path):
         # deterministic, and the assertions below can be exact rather than "whatever happened".
         "trial.eval.fid=true", "scheduler.grace_kimg=0.128", "confirm.seeds=2", "resources.max_concurrent=1",
     ]
-    config = load_study_config(None, overrides)
+    config = load_study_config(GRID_CONFIG, overrides)
     output = run_study(config, log=lambda *_: None)
 
     table = pq.read_table(output / "results.parquet").to_pylist()
@@ -160,7 +160,7 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
 
     output = tmp_path / "study"
     address = ray_session.get_runtime_context().gcs_address
-    args = [sys.executable, "study/run.py", "--address", address] + sum((["--set", s] for s in _tiny_study(output)), [])
+    args = [sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address] + sum((["--set", s] for s in _tiny_study(output)), [])
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "token"})
     deadline = time.time() + 300
@@ -172,7 +172,7 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
     assert json.loads((output / "study_state.json").read_text())["phase"] == "search"
     interrupted_children = load_records(output, "search")
 
-    config = load_study_config(None, _tiny_study(output))
+    config = load_study_config(GRID_CONFIG, _tiny_study(output))
     run_study(config, resume=True, log=lambda *_: None)
 
     table = pq.read_table(output / "results.parquet").to_pylist()
@@ -194,7 +194,7 @@ def test_sigint_then_resume_finishes_without_duplicates(ray_session, tmp_path):
         steps = [m.step for m in client.get_metric_history(row["mlflow_run_id"], "kimg")]
         assert steps == [128, 256, 384, 512], steps  # one continuous kimg axis, no gap, no duplicate
     with pytest.raises(Exception, match="differs from the one"):
-        run_study(load_study_config(None, _tiny_study(output) + ["search.trials_per_regime=3"]), resume=True)
+        run_study(load_study_config(GRID_CONFIG, _tiny_study(output) + ["search.trials_per_regime=3"]), resume=True)
 
 
 def test_scaling_study_end_to_end(ray_session, tmp_path, capfd):
@@ -208,7 +208,7 @@ def test_scaling_study_end_to_end(ray_session, tmp_path, capfd):
         "trial.eval.fid_at=every", "trial.eval.schedule=log", "trial.eval.every_kimg=0.064", "scheduler.kind=none",
         "confirm.seeds=2", "resources.max_concurrent=2", "scaling.bootstrap=200",
     ]
-    assert run_cli(sum((["--set", o] for o in overrides), [])) == 0
+    assert run_cli(["--config", GRID_CONFIG] + sum((["--set", o] for o in overrides), [])) == 0
     output = tmp_path / "study"
     config = load_study_config(str(output / "study_config.yaml"))
     out = capfd.readouterr().out

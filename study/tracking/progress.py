@@ -27,8 +27,8 @@ class ProgressCallback(Callback):
 
     @classmethod
     def for_study(cls, config: StudyConfig, spec) -> ProgressCallback:
-        """A scaling study (sizes as image counts) shows memorization per arm; a search shows its metric."""
-        metric = "memorization" if isinstance(config.regimes, dict) else config.search.objective_names[0]
+        """A scaling study (sizes as image counts, or placed by a design) shows memorization per arm; a search its metric."""
+        metric = "memorization" if isinstance(config.regimes, dict) or config.design else config.search.objective_names[0]
         return cls(spec.phase, spec.trials, metric, config.trial.train.total_kimg, config.search.mode)
 
     def _cell_line(self, cell: str) -> str:

@@ -91,17 +91,22 @@ def derive_config(shipped: dict, *, user: str, key: str, shared: str, head_cpus:
     return config
 
 
-def docs_onprem_section() -> str:
+def docs_section(heading: str = "## On-prem") -> str:
+    """docs/cluster.md's section that starts with `heading`, up to the next section."""
     text = DOCS.read_text()
-    start = text.index("## On-prem")
+    start = text.index(heading)
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
-def docs_command(prefix: str, containing: str = "") -> str:
-    """The first command of docs/cluster.md's on-prem section that starts with `prefix` and contains `containing`,
-    as written there (continuation lines included)."""
-    lines = docs_onprem_section().splitlines()
+def docs_onprem_section() -> str:
+    return docs_section("## On-prem")
+
+
+def docs_command(prefix: str, containing: str = "", heading: str = "## On-prem") -> str:
+    """The first command of docs/cluster.md's section `heading` (on-prem by default) that starts with `prefix` and
+    contains `containing`, as written there (continuation lines included)."""
+    lines = docs_section(heading).splitlines()
     for first, line in enumerate(lines):
         if not line.startswith(prefix):
             continue
@@ -112,7 +117,7 @@ def docs_command(prefix: str, containing: str = "") -> str:
                 break
         if containing in "\n".join(command):
             return "\n".join(command)
-    raise LaunchError(f"docs/cluster.md's on-prem section has no command starting with {prefix!r} with {containing!r}")
+    raise LaunchError(f"docs/cluster.md's section {heading!r} has no command starting with {prefix!r} with {containing!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,8 +172,8 @@ def describe_pids(pids: list[int]) -> str:
     return "; ".join(names)
 
 
-def listeners(uid: int) -> list[tuple[str, str, int]]:
-    """(process name, local address, port) of every TCP socket that a process of `uid` listens on."""
+def listeners(uid: int | None = None, pids: set[int] | None = None) -> list[tuple[str, str, int]]:
+    """(process name, local address, port) of every TCP socket that a process of `uid`, or one of `pids`, listens on."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     found = []
     for line in out.splitlines():
@@ -177,7 +182,7 @@ def listeners(uid: int) -> list[tuple[str, str, int]]:
         address, port = local.rsplit(":", 1)
         for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}").stat().st_uid == uid:
+                if int(pid) in (pids or ()) or (uid is not None and Path(f"/proc/{pid}").stat().st_uid == uid):
                     found.append((name, address.strip("[]"), int(port)))
                     break
     return sorted(set(found), key=lambda item: item[2])
@@ -207,27 +212,28 @@ def file_mode(path: Path) -> str:
     return oct(path.stat().st_mode & 0o777)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The launch
+def apt_install(packages: list[str]) -> None:
+    """Debian packages installed with no service started (a package's daemon would listen beyond loopback)."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        if made_policy:
+            policy.unlink(missing_ok=True)
 
-class Launch:
-    """The machine set up as a head node and a laptop, the steps run against it, and the cleanup."""
+
+class TimedSteps:
+    """Steps printed and timed as they run, and their timings at the end (run_steps runs them)."""
 
     def __init__(self):
         self.started = time.time()
         self.timings: list[tuple[str, float]] = []
-        self.work = Path(tempfile.mkdtemp(prefix="scoreaug-launch-"))
-        self.laptop_home = self.work / "laptop"
-        self.shared = self.work / "shared"
-        self.key = self.laptop_home / ".ssh" / "id_ed25519"
-        self.config_path = self.work / "cluster-local.yaml"
-        self.processes: list[subprocess.Popen] = []  # started here, stopped here by PID (process group)
-        self.node = None
-        self.sshd = None
-        self.token = ""  # the laptop's Ray token
-        self.mlflow_login: dict[str, str] = {}
-
-    # -- printing and running ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def step(self, name: str):
@@ -244,6 +250,58 @@ class Launch:
 
     def note(self, text: str) -> None:
         print(f"           {text}", flush=True)
+
+    def report(self) -> None:
+        print("\nstep timings:")
+        for name, took in self.timings:
+            print(f"  {took:7.1f} s  {name}")
+        print(f"  {time.time() - self.started:7.1f} s  in all")
+
+
+def run_steps(runner: TimedSteps, steps: list[tuple[str, Callable[[], object]]], cleanup_name: str,
+              cleanup: Callable[[bool], list[str]], name: str) -> int:
+    """Each step in order until one fails; then always the cleanup (told whether to keep the logs), the timings and
+    the verdict, counted as a test runner counts. Returns the exit status."""
+    failure = None
+    try:
+        for step_name, run in steps:
+            with runner.step(step_name):
+                run()
+    except Exception as err:  # noqa: BLE001 - any failure ends the run, reported after the cleanup
+        failure = err if isinstance(err, LaunchError) else LaunchError(f"{type(err).__name__}: {err}")
+    finally:
+        with runner.step(cleanup_name):
+            problems = cleanup(failure is not None)
+    runner.report()
+    if failure is not None:
+        print(f"\n{name} test FAILED: {failure}", file=sys.stderr, flush=True)
+    if problems:
+        print(f"\n{name} test FAILED at cleanup: {'; '.join(problems)}", file=sys.stderr, flush=True)
+    failed = failure is not None or bool(problems)
+    print(f"\n{name.replace(' ', '-')}: {len(runner.timings)} passed, {int(failed)} failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The launch
+
+class Launch(TimedSteps):
+    """The machine set up as a head node and a laptop, the steps run against it, and the cleanup."""
+
+    def __init__(self):
+        super().__init__()
+        self.work = Path(tempfile.mkdtemp(prefix="scoreaug-launch-"))
+        self.laptop_home = self.work / "laptop"
+        self.shared = self.work / "shared"
+        self.key = self.laptop_home / ".ssh" / "id_ed25519"
+        self.config_path = self.work / "cluster-local.yaml"
+        self.processes: list[subprocess.Popen] = []  # started here, stopped here by PID (process group)
+        self.node = None
+        self.sshd = None
+        self.token = ""  # the laptop's Ray token
+        self.mlflow_login: dict[str, str] = {}
+
+    # -- running -----------------------------------------------------------------------------------------------
 
     def laptop_env(self, **extra) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
@@ -309,18 +367,7 @@ class Launch:
         if not needed:
             self.note("openssh-server, rsync, iproute2 and python3-venv already installed")
             return
-        policy = Path("/usr/sbin/policy-rc.d")  # no service starts while installing (no sshd on 0.0.0.0:22)
-        made_policy = not policy.exists()
-        if made_policy:
-            policy.write_text("#!/bin/sh\nexit 101\n")
-            policy.chmod(0o755)
-        try:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-            subprocess.run(["apt-get", "install", "-y", "-qq", *needed], check=True, env=env, stdout=subprocess.DEVNULL)
-        finally:
-            if made_policy:
-                policy.unlink()
+        apt_install(needed)
         self.note(f"installed {' '.join(needed)}")
 
     def remove_node_user(self) -> None:
@@ -600,13 +647,6 @@ class Launch:
         shutil.rmtree(self.work, ignore_errors=True)
         return problems
 
-    def report(self) -> None:
-        print("\nstep timings:")
-        for name, took in self.timings:
-            print(f"  {took:7.1f} s  {name}")
-        print(f"  {time.time() - self.started:7.1f} s  in all")
-
-
 def basic_auth(user: str, password: str) -> str:
     import base64
 
@@ -675,24 +715,8 @@ def steps(launch: Launch) -> list[tuple[str, Callable[[], object]]]:
 
 def main() -> int:
     launch = Launch()
-    failure = None
-    try:
-        for name, run in steps(launch):
-            with launch.step(name):
-                run()
-    except Exception as err:  # noqa: BLE001 - any failure ends the run, reported after the cleanup
-        failure = err if isinstance(err, LaunchError) else LaunchError(f"{type(err).__name__}: {err}")
-    finally:
-        with launch.step("clean up: tunnels, node processes, sshd, node user, files"):
-            problems = launch.cleanup(keep_logs=failure is not None)
-    launch.report()
-    if failure is not None:
-        print(f"\ncluster launch test FAILED: {failure}", file=sys.stderr, flush=True)
-    if problems:
-        print(f"\ncluster launch test FAILED at cleanup: {'; '.join(problems)}", file=sys.stderr, flush=True)
-    failed = failure is not None or bool(problems)
-    print(f"\ncluster-launch: {len(launch.timings)} passed, {int(failed)} failed")  # steps, as a test runner counts
-    return 1 if failed else 0
+    return run_steps(launch, steps(launch), "clean up: tunnels, node processes, sshd, node user, files", launch.cleanup,
+                     "cluster launch")
 
 
 if __name__ == "__main__":
