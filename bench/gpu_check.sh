@@ -137,7 +137,7 @@ EOF
 }
 
 ray_trial() {
-    "$PYTHON" study/run.py --output "$WORK/study" --set name=gpu-check --set "regimes=[1.0]" \
+    "$PYTHON" study/run.py --config study/configs/demo_grid.yaml --output "$WORK/study" --set name=gpu-check --set "regimes=[1.0]" \
         --set search.trials_per_regime=1 --set search.metric=test_loss --set scheduler.kind=none --set confirm.seeds=0 \
         --set resources.num_workers=1 --set resources.cpus_per_worker=1 --set "resources.gpus_per_worker=$GPUS" \
         --set trial.train.total_kimg=1 --set trial.eval.schedule=every --set trial.eval.every_kimg=0.5 \

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from study.config import load_study_config  # noqa: E402
+from study.config import DEFAULT_CONFIG, load_study_config  # noqa: E402
 from study.driver.runner import run_study  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        config = load_study_config(None, STUDY + args.set + [f"output={folder}/study"])
+        config = load_study_config(str(DEFAULT_CONFIG.with_name("demo_grid.yaml")), STUDY + args.set + [f"output={folder}/study"])
         started = time.time()
         output = run_study(config, log=lambda *_: None)
         wall = time.time() - started

@@ -49,3 +49,21 @@ def test_replay_sends_only_what_mlflow_lacks():
     assert replay_calls({**record, "closed": True}, Holdings()) == []
     unmade = replay_calls({**record, "run_id": None}, Holdings())
     assert unmade[0] == CreateRun(find_first=True) and len(unmade) == 1 + 1 + 2 + 2
+
+
+def test_a_restored_callback_logs_where_the_resuming_driver_tracks(tmp_path):
+    """Tune restores the callback it pickled; a study resumed by a new job may reach the same store at a new
+    address (a Slurm job's port), and the restored callback must log there, not to the old one."""
+    import pickle
+
+    from study.tracking.callback import MlflowTrialCallback, TrialRules
+    from study.tracking.run_writer import ParentRun
+
+    old, new = ParentRun("http://127.0.0.1:5001", "1", "parent"), ParentRun("http://127.0.0.1:6002", "1", "parent")
+    callback = MlflowTrialCallback(old, tmp_path / "trials_search.jsonl", "search", TrialRules(1.0, 0.1, {}), tmp_path)
+    try:
+        MlflowTrialCallback.resume_parent = new
+        restored = pickle.loads(pickle.dumps(callback))
+    finally:
+        MlflowTrialCallback.resume_parent = None
+    assert restored.writer.parent == new and restored.writer.ledger is restored.ledger

@@ -18,7 +18,7 @@ from study.driver.trainable import make_trainable
 from study.driver.study_run import StudyRun
 from study.driver.tuning import PhaseInterrupted, run_phase
 from study.phases.specs import PHASE_BUILDERS
-from study.tracking.callback import MlflowTrialCallback
+from study.tracking.callback import phase_callback
 from study.tracking.ledger import load_records, records_file
 from study.tracking.mlflow_runs import open_study_tracking
 
@@ -76,7 +76,7 @@ def _run_phases(run: StudyRun, log) -> None:
             run.save_state()
         for phase in TRIAL_PHASES:  # runs that an outage kept from being created, from the ledger
             if records_file(run.output, phase).exists():
-                MlflowTrialCallback.for_phase(run.tracking.parent, config, run.output, phase).on_experiment_end([])
+                phase_callback(run.tracking.parent, config, run.output, phase).on_experiment_end([])
     finally:
         if started_ray:
             ray.shutdown()

@@ -7,7 +7,7 @@ import os
 from study.driver.study_run import StudyRun
 from study.driver.trainable import trains_in_trial_process, trial_resources
 from study.phases.specs import PhaseSpec
-from study.tracking.callback import MlflowTrialCallback
+from study.tracking.callback import MlflowTrialCallback, phase_callback
 from study.tracking.ledger import load_records
 from study.tracking.progress import ProgressCallback
 
@@ -19,7 +19,8 @@ class PhaseInterrupted(Exception):
 def run_phase(run: StudyRun, spec: PhaseSpec, trainable, concurrency: int) -> None:
     """Run (or, with --resume, restore) the phase's Tune experiment; raise PhaseInterrupted if it did not end."""
     config = run.config
-    tracker = MlflowTrialCallback.for_phase(run.tracking.parent, config, run.output, spec.phase)
+    MlflowTrialCallback.resume_parent = run.tracking.parent
+    tracker = phase_callback(run.tracking.parent, config, run.output, spec.phase)
     callbacks = [tracker, ProgressCallback.for_study(config, spec)]
     _tuner(run, spec, trainable, callbacks, concurrency).fit()
     records = load_records(run.output, spec.phase)

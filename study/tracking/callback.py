@@ -40,6 +40,13 @@ class TrialRules:
         return cls(config.trial.train.total_kimg, config.scaling.onset_threshold, config.trial.model_dump())
 
 
+def _error_line(trial) -> str:
+    """The last line of the error Tune saved for a trial that raised."""
+    error = getattr(trial, "error_file", None)
+    reason = Path(error).read_text().strip().splitlines()[-1] if error and Path(error).exists() else ""
+    return reason or "trial raised an error"
+
+
 class MlflowTrialCallback(Callback):
     """Creates, fills and closes one child run per Tune trial, from the ledger it keeps; reuses runs across `--resume`."""
 
@@ -49,15 +56,15 @@ class MlflowTrialCallback(Callback):
         self.writer = RunWriter(parent, phase, self.ledger)
         self._start_queue()
 
-    @classmethod
-    def for_phase(cls, parent: ParentRun, config: StudyConfig, output: Path, phase: str) -> MlflowTrialCallback:
-        """The callback of one phase of a study, with its ledger and samples folder in the study's output."""
-        return cls(parent, records_file(output, phase), phase, TrialRules.of(config), output / "samples")
+    # Tune restores pickled callbacks on `--resume`, not the driver's new ones: the resuming driver names its own
+    # tracking target here, since a resumed study may reach the same store at a new address (a new Slurm job's port).
+    resume_parent: ParentRun | None = None
 
     def __setstate__(self, state):
-        """Tune restores the pickled callback on `--resume`: the ledger on disk is the truth, and what MLflow lacks
-        of it is replayed (the pickled queue is stale)."""
+        """The ledger on disk is the truth, and what MLflow lacks of it is replayed (the pickled queue is stale)."""
         self.__dict__.update(state)
+        if MlflowTrialCallback.resume_parent is not None:
+            self.writer = RunWriter(MlflowTrialCallback.resume_parent, self.phase, self.ledger)
         self.ledger.reload()
         self._start_queue()
 
@@ -109,9 +116,7 @@ class MlflowTrialCallback(Callback):
         self._finish(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = getattr(trial, "error_file", None)
-        reason = Path(error).read_text().strip().splitlines()[-1] if error and Path(error).exists() else ""
-        self._finish(trial, failed=True, reason=reason or "trial raised an error")
+        self._finish(trial, failed=True, reason=_error_line(trial))
 
     def on_experiment_end(self, trials, **info):
         self.queue.flush()
@@ -120,3 +125,8 @@ class MlflowTrialCallback(Callback):
             log.warning("MLflow at %s is unreachable: %d tracking calls for %d trial run(s) of the %s phase are not "
                         "made; their metrics are in %s", self.writer.parent.uri, len(self.queue.pending), runs,
                         self.phase, self.ledger.path)
+
+
+def phase_callback(parent: ParentRun, config: StudyConfig, output: Path, phase: str) -> MlflowTrialCallback:
+    """The callback of one phase of a study, with its ledger and samples folder in the study's output."""
+    return MlflowTrialCallback(parent, records_file(output, phase), phase, TrialRules.of(config), output / "samples")
