@@ -204,7 +204,7 @@ def adaptive_study(truth: Truth, design: Design, rng, max_kimg: float, rule: Sto
         done = running.pop(0)
         now, finished_kimg = done.end, finished_kimg + done.end - done.start
         observations.append(done.observation)
-        fitted = fit(observations, slope=design.slope, start=fitted)
+        fitted = fit(observations, slope=design.slope, link=design.link, start=fitted)
         state = State(design, tuple(observations))
         spent = finished_kimg + sum(now - r.start for r in running)
         early = sum(o.censored for o in observations)

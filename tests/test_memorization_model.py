@@ -163,3 +163,17 @@ def test_design_refuses_a_range_that_is_not_one():
     with pytest.raises(ValueError):
         Design(("scoreaug",), n_min=10, n_max=100)
     assert Placement("baseline", 10, "refine").images == 10
+
+
+def test_with_many_slots_a_bracketing_arm_keeps_up_with_a_refining_one():
+    """Baseline located, ScoreAug still under 50% at every size tried: of 16 slots ScoreAug gets about half, spread
+    over its open interval below 35 images, instead of one bracket trial beside 15 baseline refinements."""
+    rng = np.random.default_rng(10)
+    observations = [trial("baseline", n, rng) for n in (35, 66, 91, 125)] + [
+        Observation("scoreaug", 35, 0.41), Observation("scoreaug", 125, 0.0)]
+    design = Design(("baseline", "scoreaug"), n_min=10, n_max=1438)
+    batch = next_round(State(design, tuple(observations)), 16)
+    scoreaug = [p for p in batch if p.arm == "scoreaug"]
+    assert len(batch) == 16 and 6 <= len(scoreaug) <= 10
+    assert all(p.reason in ("bracket", "confirm") and 10 <= p.images < 35 for p in scoreaug)
+    assert len({p.images for p in scoreaug}) == len(scoreaug)

@@ -113,9 +113,10 @@ def _open_sizes(state: State, arm: str, pending: Sequence[Placement]) -> np.ndar
     return np.array([n for n in sizes[inside] if n not in taken], int)
 
 
-def _bracket_placement(state: State, arm: str, pending: Sequence[Placement]) -> Placement | None:
-    """Split the widest log gap of the arm's open interval, the interval's ends and pending sizes included."""
-    if sum(p.arm == arm and p.reason != "refine" for p in pending) >= state.design.bracket_pending:
+def _bracket_placement(state: State, arm: str, pending: Sequence[Placement], cap: int) -> Placement | None:
+    """Split the widest log gap of the arm's open interval, the interval's ends and pending sizes included;
+    None when `cap` bracket trials of the arm are already in flight."""
+    if sum(p.arm == arm and p.reason != "refine" for p in pending) >= cap:
         return None
     sizes = _open_sizes(state, arm, pending)
     if not sizes.size:
@@ -203,16 +204,20 @@ def _refine_placement(state: State, arms: Sequence[str], fit: Fit | None, pendin
 
 
 def _next_placement(state: State, fit: Fit | None, pending: Sequence[Placement]) -> Placement | None:
-    """An arm waiting for a bracket goes first; then the best refinement; then further bracket trials of arms
-    that already have one in flight (worth a slot only when nothing can be refined)."""
+    """An arm waiting for its first bracket goes first. A bracketing arm then keeps up with the refining arms,
+    trial for trial in flight (with many slots, one refining arm would otherwise take them all while another
+    arm's N50 is still unknown). Then the best refinement; then further bracket trials, up to bracket_pending
+    in flight, when nothing can be refined."""
     arms = state.design.arms
     phases = {arm: phase(state, arm, fit) for arm in arms}
     in_flight = {arm: sum(p.arm == arm and p.reason != "refine" for p in pending) for arm in arms}
+    refining = max([sum(p.arm == arm for p in pending) for arm in arms if phases[arm] == "refine"], default=0)
+    cap = max(state.design.bracket_pending, refining)
     brackets = [p for arm in arms if phases[arm] == "bracket"
-                for p in [_bracket_placement(state, arm, pending)] if p is not None]
-    first = [p for p in brackets if not in_flight[p.arm]]
-    if first:  # the arm with the fewest trials first: with fewer slots than arms, none waits forever
-        return min(first, key=lambda p: sum(o.arm == p.arm for o in state.observations))
+                for p in [_bracket_placement(state, arm, pending, cap)] if p is not None]
+    behind = [p for p in brackets if not in_flight[p.arm] or in_flight[p.arm] < refining]
+    if behind:
+        return min(behind, key=lambda p: (in_flight[p.arm], arms.index(p.arm)))
     refine = _refine_placement(state, [arm for arm in arms if phases[arm] == "refine"], fit, pending)
     if refine is not None or not brackets:
         return refine
