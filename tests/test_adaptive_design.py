@@ -76,7 +76,7 @@ def test_a_stopped_trial_enters_the_fit_censored_and_a_failed_one_counts_against
     searcher.on_trial_complete("b", {"kimg": 3.0, "error_kind": "data", "error": "x"})
     [observation] = searcher.capacities[0].observations
     assert (observation.arm, observation.images, observation.memorization, observation.censored) == (a.role, a.images, 0.95, True)
-    assert searcher.capacities[0].failed == 1 and searcher.capacities[0].kimg == 5.0
+    assert searcher.capacities[0].failed == 1 and searcher.capacities[0].kimg == [5.0]
 
 
 def test_the_scheduler_stops_a_trial_once_it_copies_the_saturation_level():

@@ -69,12 +69,15 @@ class CapacityDesign:
 
     capacity: Capacity
     observations: list[model.Observation] = field(default_factory=list)
-    kimg: float = 0.0
+    kimg: list[float] = field(default_factory=list)  # each ended trial's; summed exactly, in any order
     failed: int = 0  # trials that ended without a memorization value: they count against the trial budget
     stopped: str | None = None  # why it needs no more trials
 
     def state(self, design: Design, running: list[Placement]) -> State:
-        return State(design, tuple(self.observations), tuple(running))
+        """The design's view, observations in one canonical order: the same trials give the same fit, bit for bit,
+        whichever order they ended in."""
+        ordered = sorted(self.observations, key=lambda o: (o.arm, o.images, o.memorization, o.censored))
+        return State(design, tuple(ordered), tuple(running))
 
 
 class AdaptiveSearcher(Searcher):
@@ -115,19 +118,20 @@ class AdaptiveSearcher(Searcher):
         return True
 
     def _placements(self, index: int, slots: int) -> list[Placement]:
-        """The capacity's next placements (none once its stopping rule holds or nothing is left to place)."""
+        """The capacity's next placements. Whether it stops is decided only while none of its trials runs, from all
+        that ended: so the decision is a function of the ended trials alone, which is what lets the ledger replay
+        it (design_finished). While trials run and the rule says stop, it waits for them instead of placing more."""
         capacity = self.capacities[index]
         if capacity.stopped:
             return []
         running = [p for i, p in self.live.values() if i == index]
         state = capacity.state(self.plan.design, running)
         fit = model.fit(state.observations, slope=self.plan.design.slope) if state.observations else None
-        capacity.stopped = stop_reason(state, fit, self.plan.rule, capacity.kimg)
-        if len(state.observations) + capacity.failed >= self.plan.rule.max_trials:
-            capacity.stopped = capacity.stopped or "trials"
-        placements = [] if capacity.stopped else next_round(state, slots, fit)
+        budget = self.plan.rule.max_trials - len(state.observations) - capacity.failed - len(running)
+        reason = stop_reason(state, fit, self.plan.rule, math.fsum(capacity.kimg)) or ("trials" if budget <= 0 else None)
+        placements = [] if reason else next_round(state, min(slots, budget), fit)
         if not placements and not running:
-            capacity.stopped = capacity.stopped or "nothing left to place"
+            capacity.stopped = reason or "nothing left to place"
         return placements
 
     def _suggestion(self, index: int, placement: Placement, placed_round: int):
@@ -155,7 +159,7 @@ class AdaptiveSearcher(Searcher):
             return
         kimg = float(result.get("kimg", 0.0))
         capacity = self.capacities[index]
-        capacity.kimg += kimg
+        capacity.kimg.append(kimg)
         capacity.observations.append(model.Observation(placement.arm, placement.images, maximum,
                                                        censored=kimg < self.plan.total_kimg - 1e-6,
                                                        samples=self.plan.design.samples))
@@ -179,7 +183,8 @@ class AdaptiveSearcher(Searcher):
 
 def design_finished(config: StudyConfig, plan: DesignPlan, records: dict[str, dict]) -> bool:
     """Whether the design is over, from the phase's ledger alone: every trial ended, and a searcher told all of
-    them (in the order they started) would place nothing more. A Tune run that returned otherwise was interrupted."""
+    them would place nothing more (its stop is a function of the ended trials alone). A Tune run that returned
+    otherwise was interrupted."""
     searcher = AdaptiveSearcher(config, plan)
     labels = [capacity_label(capacity) for capacity in capacity_values(config)]
     for trial_id, record in sorted(records.items(), key=lambda item: item[1]["started"]):
