@@ -93,7 +93,8 @@ def fit_truth() -> Truth:
     log_n, curves, ratios = np.log(GRID_SIZES), {}, []
     for arm, published in PUBLISHED.items():
         mean = np.array(published["mean"], float)
-        result = optimize.least_squares(lambda p: special.expit(-p[1] * (log_n - p[0])) - mean, [math.log(50), 3.0])
+        result = optimize.least_squares(lambda p, mean=mean: special.expit(-p[1] * (log_n - p[0])) - mean,
+                                        [math.log(50), 3.0])
         curves[arm] = Curve(math.exp(result.x[0]), float(result.x[1]), published["onset_intercept"])
         sd = np.array(published["sd"], float)
         inside = (mean > 0.1) & (mean < 0.95)
@@ -123,7 +124,8 @@ def model_record(result: Fit) -> dict:
     record = {f"n50_{arm}": result.n50(arm) if arm in result.arms else Interval(None, None, None, "unresolved")
               for arm in ARMS}
     both = all(arm in result.arms for arm in ARMS)
-    record["multiplier"] = result.multiplier("scoreaug_fixed", "baseline") if both else Interval(None, None, None, "unresolved")
+    missing = Interval(None, None, None, "unresolved")
+    record["multiplier"] = result.multiplier("scoreaug_fixed", "baseline") if both else missing
     return record
 
 
@@ -339,10 +341,11 @@ def table(result: dict) -> str:
             ("adaptive at the SD of grid + model", result["adaptive_match_model_sd_log"]),
             ("adaptive at the RMSE of grid + model", result["adaptive_match_model_rmse_log"])]
     stop = result["adaptive_stopping_rule"]
-    rows.append((f"adaptive, stopping rule (width <= {math.exp(result['settings']['stop_target_log_width']):.3f}, "
-                 f"reached {stop['reached']:.0%}; mean kimg)", {**stop, "kimg": stop["mean_kimg"]}))
-    effort = ["", "| adaptive analysis | trials finished (mean) | of them stopped early | trial-kimg saved by early stops |",
-              "| --- | --- | --- | --- |"]
+    width = math.exp(result["settings"]["stop_target_log_width"])
+    rows.append((f"adaptive, stopping rule (width <= {width:.3f}, reached {stop['reached']:.0%}; mean kimg)",
+                 {**stop, "kimg": stop["mean_kimg"]}))
+    effort = ["", ("| adaptive analysis | trials finished (mean) | of them stopped early "
+                   "| trial-kimg saved by early stops |"), "| --- | --- | --- | --- |"]
     for name, row in rows:
         if row is None:
             lines.append(f"| {name} | not reached within {grid_kimg:,.0f} |" + " - |" * (1 + 4 * len(QUANTITIES)))

@@ -20,8 +20,8 @@ Pure and deterministic: the same observations and pending trials give the same p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -133,7 +133,8 @@ def _draws(fit: Fit | None, state: State, arm: str) -> tuple[np.ndarray, np.ndar
     """(log N50, log slope, weight) at 9 Gauss-Hermite points of the fit's uncertainty, spread capped."""
     if fit is None or arm not in fit.arms:
         low, high, _, _ = _interval(state, arm)
-        mean, cov = np.array([0.5 * math.log(low * high), math.log(3.0)]), np.diag([math.log(high / low) ** 2 / 16, 0.25])
+        mean = np.array([0.5 * math.log(low * high), math.log(3.0)])
+        cov = np.diag([math.log(high / low) ** 2 / 16, 0.25])
     else:
         t, s = fit.layout.theta(arm), fit.layout.log_slope(arm)
         mean, cov = fit.params[[t, s]], fit.covariance[np.ix_([t, s], [t, s])]
@@ -171,7 +172,8 @@ def _theta_variance(information: np.ndarray) -> np.ndarray:
     return information[..., 1, 1] / det
 
 
-def _refine_scores(state: State, arm: str, fit: Fit | None, pending: Sequence[Placement]) -> tuple[np.ndarray, np.ndarray]:
+def _refine_scores(state: State, arm: str, fit: Fit | None,
+                   pending: Sequence[Placement]) -> tuple[np.ndarray, np.ndarray]:
     """(sizes, expected reduction of var(log N50)) for one more trial of `arm` at each candidate size."""
     counts: dict[int, int] = {}
     for images in [o.images for o in state.observations if o.arm == arm] + [p.images for p in pending if p.arm == arm]:
@@ -185,12 +187,14 @@ def _refine_scores(state: State, arm: str, fit: Fit | None, pending: Sequence[Pl
     sizes = state.design.sizes()
     before = np.array([counts.get(int(n), 0) for n in sizes])
     log_n = np.log(sizes.astype(float))
-    extra = _information(log_n, before + 1, draws, dispersion, state) - _information(log_n, before, draws, dispersion, state)
+    extra = (_information(log_n, before + 1, draws, dispersion, state)
+             - _information(log_n, before, draws, dispersion, state))
     reduction = _theta_variance(total)[:, None] - _theta_variance(total[:, None] + extra)
     return sizes, draws[2] @ reduction
 
 
-def _refine_placement(state: State, arms: Sequence[str], fit: Fit | None, pending: Sequence[Placement]) -> Placement | None:
+def _refine_placement(state: State, arms: Sequence[str], fit: Fit | None,
+                      pending: Sequence[Placement]) -> Placement | None:
     """The best (arm, size) by expected variance reduction; the reference arm's N50 enters every multiplier."""
     best, best_score = None, -np.inf
     others = len(state.design.arms) - 1

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import optimize, special, stats
@@ -123,7 +123,7 @@ class _Data:
     censored: np.ndarray
 
     @classmethod
-    def of(cls, observations: Sequence[Observation], arms: tuple[str, ...]) -> "_Data":
+    def of(cls, observations: Sequence[Observation], arms: tuple[str, ...]) -> _Data:
         samples = np.array([o.samples for o in observations], int)
         return cls(np.array([arms.index(o.arm) for o in observations], int),
                    np.log([float(o.images) for o in observations]),
