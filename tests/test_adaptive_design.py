@@ -115,3 +115,15 @@ def test_a_design_config_that_cannot_run_is_refused(sets, message):
 
     with pytest.raises(ConfigError, match=message):
         load_study_config(None, sets)
+
+
+def test_an_arm_is_never_starved_when_there_are_more_arms_than_slots():
+    config = _config("confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}, other: {score_augment.p: 0.3}}")
+    searcher = AdaptiveSearcher(config, design_plan(config, concurrency=2))
+    TRUTH["other"] = 25.0
+    try:
+        placed = _run(searcher)
+    finally:
+        del TRUTH["other"]
+    first_four = [s.role for s in placed[:4]]
+    assert {"baseline", "scoreaug_fixed", "other"} <= set(first_four), first_four

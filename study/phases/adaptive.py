@@ -15,6 +15,7 @@ import pickle
 from dataclasses import dataclass, field
 
 from ray.tune.search import Searcher
+from threadpoolctl import threadpool_limits
 
 from study.config import StudyConfig
 from study.contract import Role, Status, baseline_overrides
@@ -126,7 +127,8 @@ class AdaptiveSearcher(Searcher):
             return []
         running = [p for i, p in self.live.values() if i == index]
         state = capacity.state(self.plan.design, running)
-        fit = model.fit(state.observations, slope=self.plan.design.slope) if state.observations else None
+        with threadpool_limits(1):  # a fit is a tiny problem: BLAS threads made it 9x slower (docs/adaptive_design.md)
+            fit = model.fit(state.observations, slope=self.plan.design.slope) if state.observations else None
         budget = self.plan.rule.max_trials - len(state.observations) - capacity.failed - len(running)
         reason = stop_reason(state, fit, self.plan.rule, math.fsum(capacity.kimg)) or ("trials" if budget <= 0 else None)
         placements = [] if reason else next_round(state, min(slots, budget), fit)

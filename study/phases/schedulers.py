@@ -28,7 +28,9 @@ class PerCellASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial):
         cell = Suggestion.from_tune(trial.config).cell
-        # ASHA assigns the trial to one of `self._brackets`; make those the cell's own before it does.
+        # ASHA assigns the trial to one of `self._brackets`; make those the cell's own before it does. `_brackets` is
+        # Ray's private attribute: Ray is pinned (pyproject.toml) and tests/test_study_contracts.py's
+        # test_asha_compares_a_trial_only_with_trials_of_its_own_cell fails if it stops working.
         self._brackets = self._cell_brackets.setdefault(cell, copy.deepcopy(self._fresh_brackets))
         super().on_trial_add(tune_controller, trial)
 

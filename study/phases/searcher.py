@@ -128,6 +128,8 @@ class RegimeSearcher(Searcher):
             return
         memorization_max = self.memorization_max.pop(trial_id, None)
         if self.search.max_memorization is not None and memorization_max is not None and state != TrialState.FAIL:
+            # FrozenTrial._trial_id is Optuna's private field (no public way from a trial number to its Trial): optuna
+            # is capped below its next major, and tests/test_search_objectives.py fails if this stops working.
             optuna.Trial(study, frozen._trial_id).set_constraint(
                 MEMORIZATION_CONSTRAINT, memorization_max - self.search.max_memorization)
         study.tell(number, values if state == TrialState.COMPLETE else None, state=state)

@@ -220,8 +220,9 @@ def _next_placement(state: State, fit: Fit | None, pending: Sequence[Placement])
     brackets = [p for arm in arms if phases[arm] == "bracket"
                 for p in [_bracket_placement(state, arm, pending, cap)] if p is not None]
     behind = [p for p in brackets if not in_flight[p.arm] or in_flight[p.arm] < refining]
-    if behind:
-        return min(behind, key=lambda p: (in_flight[p.arm], arms.index(p.arm)))
+    if behind:  # the arm with the fewest trials first: with fewer slots than arms, none waits forever
+        tried = {arm: sum(o.arm == arm for o in state.observations) for arm in arms}
+        return min(behind, key=lambda p: (in_flight[p.arm], tried[p.arm], arms.index(p.arm)))
     refine = _refine_placement(state, [arm for arm in arms if phases[arm] == "refine"], fit, pending)
     if refine is not None or not brackets:
         return refine
