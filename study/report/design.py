@@ -48,9 +48,11 @@ def design_trials(records: list[dict], samples: int) -> dict[str, list[DesignTri
 
 
 def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
-    total, reference, slope = config.trial.train.total_kimg, Role.BASELINE.value, config.design.slope
-    return {"final": design_summary.estimates([t.observation(total) for t in trials], reference, slope),
-            "by_round": design_summary.by_round(trials, total, reference, slope),
+    """The final estimates read at the budget's last eval point (a trial stopped before it is censored there)."""
+    reference, slope, total = Role.BASELINE.value, config.design.slope, config.trial.train.total_kimg
+    last = max(k for t in trials for k, _ in t.points)
+    return {"final": design_summary.estimates([t.observation(last) for t in trials], reference, slope),
+            "by_round": design_summary.by_round(trials, last, reference, slope),
             "by_kimg": design_summary.by_kimg(trials, reference, slope),
             "cost": design_summary.cost(trials, total),
             "placements": [{"arm": t.arm, "images": t.images, "round": t.round, "memorization_max": max(m for _, m in t.points),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.report.figures.base import arm_colors, figure, no_data, save
+from study.report.figures.base import arm_colors, figure, log_ticks, no_data, save
 
 
 def _placements_panel(ax, summary: dict, colors: dict) -> None:
@@ -24,7 +24,10 @@ def _placements_panel(ax, summary: dict, colors: dict) -> None:
                     xytext=(3, 3), fontsize=6, color=colors[placed["arm"]])
     for level in (0.5, 0.9):
         ax.axhline(level, color="gray", linestyle=":", linewidth=0.8)
-    ax.set_xscale("log")
+    sizes = [p["images"] for p in summary["placements"]]
+    ticks = [n for n in (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+             if min(sizes) / 1.3 <= n <= max(sizes) * 1.3] or sorted(set(sizes))
+    log_ticks(ax, ticks, [str(n) for n in ticks])
     ax.set_xlabel("training images N")
     ax.set_ylabel("memorization (max over eval points)")
     ax.legend(fontsize=7)
@@ -63,14 +66,18 @@ def _kimg_panels(axes, summary: dict, colors: dict) -> None:
         if xs:
             axes[1].errorbar(xs, ys, yerr=errors, marker="s", capsize=3, color=colors[arm], label=arm)
     if axes[0].has_data():
+        import matplotlib.ticker
+
         axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes[0].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].set_ylabel("N50 (training images)")
     axes[1].set_ylabel("data multiplier")
     axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
     kimgs = [row["kimg"] for row in rows]
     for ax in axes:
         if kimgs:
-            ax.set_xscale("log")
+            log_ticks(ax, kimgs, [f"{k:.3g}" for k in kimgs])
             ax.set_xlim(min(kimgs) / 1.25, max(kimgs) * 1.25)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
