@@ -22,6 +22,7 @@ from study.contract import Role, Status, baseline_overrides
 from study.phases.cells import capacity_label, capacity_values, sized_cell
 from study.phases.suggestion import Suggestion
 from study.stats import memorization_model as model
+from study.stats.running_max import RunningMax
 from study.stats.design import Design, Placement, State, StoppingRule, next_round, stop_reason
 from trainables.catalog import DATASETS
 from trainables.data import pool_size
@@ -90,7 +91,7 @@ class AdaptiveSearcher(Searcher):
         self.capacities = [CapacityDesign(capacity) for capacity in capacity_values(config)]
         self.queue: list[tuple[int, Placement, int]] = []  # (capacity index, placement, round)
         self.live: dict[str, tuple[int, Placement]] = {}
-        self.maxima: dict[str, float] = {}
+        self.maxima = RunningMax()
         self.round = 0
         self.placed: dict[tuple, int] = {}  # (capacity index, arm, images) -> trials placed there, for their seeds
 
@@ -145,9 +146,7 @@ class AdaptiveSearcher(Searcher):
                                round=placed_round, placed_by=placement.reason)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get("memorization")
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self.maxima[trial_id] = max(self.maxima.get(trial_id, value), float(value))
+        self.maxima.update(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.live:
@@ -155,7 +154,7 @@ class AdaptiveSearcher(Searcher):
         index, placement = self.live.pop(trial_id)
         if result is not None:
             self.on_trial_result(trial_id, result)
-        maximum = self.maxima.pop(trial_id, None)
+        maximum = self.maxima.pop(trial_id)
         if error or not result or "error_kind" in result or maximum is None:
             self.capacities[index].failed += 1  # it says nothing about memorization; the design places again
             return

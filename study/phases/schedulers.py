@@ -9,13 +9,13 @@ where memorization matters most end up with nothing searched to confirm.
 from __future__ import annotations
 
 import copy
-import math
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from study.config import StudyConfig
 from study.phases.suggestion import Suggestion
 from study.stats.memorization_model import decided
+from study.stats.running_max import RunningMax
 
 
 class PerCellASHA(ASHAScheduler):
@@ -56,10 +56,8 @@ class DecidedStopper(FIFOScheduler):
     def __init__(self, saturation: float):
         super().__init__()
         self.saturation = saturation
-        self.maxima: dict[str, float] = {}
+        self.maxima = RunningMax()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        value = result.get("memorization")
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self.maxima[trial.trial_id] = max(self.maxima.get(trial.trial_id, value), float(value))
-        return TrialScheduler.STOP if decided([self.maxima.get(trial.trial_id)], self.saturation) else TrialScheduler.CONTINUE
+        maximum = self.maxima.update(trial.trial_id, result)
+        return TrialScheduler.STOP if decided([maximum], self.saturation) else TrialScheduler.CONTINUE

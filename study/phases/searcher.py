@@ -20,6 +20,7 @@ from search_spaces.spaces import get_space
 from study.phases.cells import Cell
 from study.contract import OPTUNA_STATE, Role, baseline_overrides, baseline_params, study_name, trial_status
 from study.config import SearchConfig
+from study.stats.running_max import RunningMax
 
 MEMORIZATION_CONSTRAINT = "memorization_max"
 
@@ -72,7 +73,7 @@ class RegimeSearcher(Searcher):
         self.base_dropout = base_dropout
         self.total_kimg = total_kimg
         self.live: dict[str, tuple[str, int]] = {}
-        self.memorization_max: dict[str, float] = {}
+        self.memorization_max = RunningMax()
         self._studies: dict[str, optuna.Study] = {}
 
     def study_name(self, cell: str) -> str:
@@ -110,9 +111,7 @@ class RegimeSearcher(Searcher):
                                            overrides=overrides, seed=0).to_tune()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get("memorization")
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self.memorization_max[trial_id] = max(self.memorization_max.get(trial_id, value), float(value))
+        self.memorization_max.update(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.live:
@@ -126,7 +125,7 @@ class RegimeSearcher(Searcher):
         frozen = study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():
             return
-        memorization_max = self.memorization_max.pop(trial_id, None)
+        memorization_max = self.memorization_max.pop(trial_id)
         if self.search.max_memorization is not None and memorization_max is not None and state != TrialState.FAIL:
             # FrozenTrial._trial_id is Optuna's private field (no public way from a trial number to its Trial): optuna
             # is capped below its next major, and tests/test_search_objectives.py fails if this stops working.
@@ -145,11 +144,12 @@ class RegimeSearcher(Searcher):
         return closed
 
     def get_state(self) -> dict:
-        return {"live": dict(self.live), "memorization_max": dict(self.memorization_max)}
+        return {"live": dict(self.live), "memorization_max": dict(self.memorization_max.values)}
 
     def set_state(self, state: dict) -> None:
         self.live = dict(state["live"])
-        self.memorization_max = dict(state.get("memorization_max", {}))
+        self.memorization_max = RunningMax()
+        self.memorization_max.values = dict(state.get("memorization_max", {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:

@@ -12,6 +12,7 @@ from ray.tune import Callback
 from study.config import StudyConfig
 from study.contract import Status, trial_status
 from study.phases.suggestion import Suggestion
+from study.stats.running_max import RunningMax
 
 
 class ProgressCallback(Callback):
@@ -23,7 +24,7 @@ class ProgressCallback(Callback):
         self.finished: dict[str, dict] = {}
         self.best: dict[str, float] = {}
         self.memorization: dict[str, dict[str, list[float]]] = {}  # cell -> arm -> each ended trial's maximum
-        self._maxima: dict[str, float] = {}
+        self._maxima = RunningMax()
 
     @classmethod
     def for_study(cls, config: StudyConfig, spec) -> ProgressCallback:
@@ -53,22 +54,22 @@ class ProgressCallback(Callback):
         self.running[trial.trial_id] = Suggestion.from_tune(trial.config).cell
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.metric == "memorization":
+            self._maxima.update(trial.trial_id, result)
+            return
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.metric == "memorization":
-                self._maxima[trial.trial_id] = max(self._maxima.get(trial.trial_id, value), float(value))
-            else:
-                cell = Suggestion.from_tune(trial.config).cell
-                self.best[cell] = self.better(self.best.get(cell, value), value)
+            cell = Suggestion.from_tune(trial.config).cell
+            self.best[cell] = self.better(self.best.get(cell, value), value)
 
     def _end(self, trial, errored: bool) -> None:
         suggestion = Suggestion.from_tune(trial.config)
         self.running.pop(trial.trial_id, None)
         status = trial_status(trial.last_result, errored, self.total_kimg)
         self.finished[trial.trial_id] = {"cell": suggestion.cell, "status": status}
-        if trial.trial_id in self._maxima:
-            arms = self.memorization.setdefault(suggestion.cell, {})
-            arms.setdefault(suggestion.role, []).append(self._maxima.pop(trial.trial_id))
+        maximum = self._maxima.pop(trial.trial_id)
+        if maximum is not None:
+            self.memorization.setdefault(suggestion.cell, {}).setdefault(suggestion.role, []).append(maximum)
         print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
 
     def on_trial_complete(self, iteration, trials, trial, **info):
