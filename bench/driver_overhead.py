@@ -38,13 +38,15 @@ from trainables.config_io import flatten  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOTAL_KIMG = 1.0
-CLIENT_CALLS = ("create_run", "log_batch", "set_terminated", "search_runs", "get_run", "get_metric_history", "log_artifact")
+CLIENT_CALLS = ("create_run", "log_batch", "set_terminated", "search_runs", "get_run", "get_metric_history",
+                "log_artifact")
 
 
 def _suggestions(count: int, base_trial: dict) -> list[Suggestion]:
     """Searched trials of one cell; the trial config is resolved once (the searcher's work, not the callback's)."""
     first = Suggestion(cell="n1000", regime_fraction=1.0, images=1000, role="search", seed=0,
-                       overrides={"score_augment.p": 0.3}, optuna_study="bench-n1000", optuna_trial=0).resolved(base_trial)
+                       overrides={"score_augment.p": 0.3}, optuna_study="bench-n1000", optuna_trial=0)
+    first = first.resolved(base_trial)
     return [replace(first, optuna_trial=i) for i in range(count)]
 
 
@@ -73,7 +75,8 @@ def ledger_alone(folder: Path, count: int, points: int, base_trial: dict) -> dic
     for i, suggestion in enumerate(_suggestions(count, base_trial)):
         trial_id = f"bench_{i:05d}"
         started = time.perf_counter()
-        ledger.open(trial_id, "search", suggestion, flatten(suggestion.trial), {"trial_id": trial_id, "phase": "search"})
+        tags = {"trial_id": trial_id, "phase": "search"}
+        ledger.open(trial_id, "search", suggestion, flatten(suggestion.trial), tags)
         ledger.mark(trial_id, run_id=f"run{i:027d}")
         for result in results:
             ledger.add_point(trial_id, result)
@@ -115,8 +118,8 @@ def _callback(folder: Path, base_trial: dict):
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("bench", artifact_location=(folder / "artifacts").as_uri())
     parent = ParentRun(uri, experiment_id, client.create_run(experiment_id, run_name="bench").info.run_id)
-    return MlflowTrialCallback(parent, folder / "trials_search.jsonl", "search", TrialRules(TOTAL_KIMG, 0.1, base_trial),
-                               folder / "samples")
+    rules = TrialRules(TOTAL_KIMG, 0.1, base_trial)
+    return MlflowTrialCallback(parent, folder / "trials_search.jsonl", "search", rules, folder / "samples")
 
 
 def with_callback(folder: Path, count: int, points: int, base_trial: dict) -> dict:
@@ -166,11 +169,12 @@ def report(rows: dict, points: int) -> dict:
                      f"{100 * callback['mlflow_share']:>8.0f}%")
         print(line)
     # The largest study's last tenth against the smallest study's whole (ten trials of a 100-trial study are noise).
-    growth = {kind: rows[counts[-1]][kind]["median_ms_per_trial_last_10pct"] / rows[counts[0]][kind]["median_ms_per_trial"]
-              for kind in ("ledger", "callback") if kind in rows[counts[0]]}
+    largest, smallest = rows[counts[-1]], rows[counts[0]]
+    growth = {kind: largest[kind]["median_ms_per_trial_last_10pct"] / smallest[kind]["median_ms_per_trial"]
+              for kind in ("ledger", "callback") if kind in smallest}
     for kind, ratio in growth.items():
-        print(f"{kind}: median ms per trial, last tenth of {counts[-1]} trials = {ratio:.2f}x that of {counts[0]} trials   "
-              "(target <= 2x)")
+        print(f"{kind}: median ms per trial, last tenth of {counts[-1]} trials = {ratio:.2f}x that of "
+              f"{counts[0]} trials   (target <= 2x)")
     return {"points_per_trial": points, "sizes": {str(c): rows[c] for c in counts}, "growth_last_vs_first": growth,
             "target_growth": 2.0}
 

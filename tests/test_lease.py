@@ -64,7 +64,8 @@ def test_a_killed_drivers_lease_is_taken_over_at_once(tmp_path):
     notes = []
     with StudyLease(tmp_path, ttl_s=600, log=notes.append) as lease:  # same host, its process gone: no TTL to wait
         assert Holder.read(tmp_path / LEASE_FILE).token == lease.token
-    assert len(notes) == 1 and f"took over the stale lease of the driver on {socket.gethostname()} (pid {holder.pid})" in notes[0]
+    assert len(notes) == 1
+    assert f"took over the stale lease of the driver on {socket.gethostname()} (pid {holder.pid})" in notes[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary left behind
 
 

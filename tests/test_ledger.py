@@ -16,13 +16,16 @@ CLOSED_KEYS = {"run_id", "run_name", "tags", "last_step", "phase", "suggestion",
 
 
 def _point(kimg: float, **extra) -> dict:
-    return {"kimg": kimg, "train_loss": 1.0 - kimg, "test_loss": 1.1 - kimg, "loss_gap": 0.1, "img_per_sec": 100.0, **extra}
+    return {"kimg": kimg, "train_loss": 1.0 - kimg, "test_loss": 1.1 - kimg, "loss_gap": 0.1, "img_per_sec": 100.0,
+            **extra}
 
 
 def _trial(ledger: Ledger, trial_id: str, points: int = 5, fail: bool = False) -> None:
     """One trial's events as the tracking callback records them."""
-    suggestion = Suggestion(cell="r1", regime_fraction=1.0, role="search", overrides={"score_augment.p": 0.3}, optuna_trial=2)
-    ledger.open(trial_id, "search", suggestion, {"score_augment.p": 0.3, "model.channel_mult": [1, 2]}, {"trial_id": trial_id})
+    suggestion = Suggestion(cell="r1", regime_fraction=1.0, role="search", overrides={"score_augment.p": 0.3},
+                            optuna_trial=2)
+    params = {"score_augment.p": 0.3, "model.channel_mult": [1, 2]}
+    ledger.open(trial_id, "search", suggestion, params, {"trial_id": trial_id})
     ledger.mark(trial_id, run_id=f"run-{trial_id}")
     for i in range(1, points + 1):
         ledger.add_point(trial_id, _point(0.128 * i / 1.25, first_step_at=12.5, unreported=1))

@@ -63,7 +63,8 @@ class Holder:
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"the driver on {self.host} (pid {self.pid}) since {since}, heartbeat {time.time() - self.heartbeat:.0f} s ago"
+        age = time.time() - self.heartbeat
+        return f"the driver on {self.host} (pid {self.pid}) since {since}, heartbeat {age:.0f} s ago"
 
 
 def _pid_running(pid: int) -> bool:

@@ -117,7 +117,8 @@ def run_name(suggestion: Suggestion, trial_id: str, phase: str) -> str:
     re-run, then the Tune trial id (unique), so a chart's legend says which arm each curve is:
     `n22-baseline-s1000-3936e74c`, `n22-search-t2-5a21d311`."""
     searched = phase == "search" and suggestion.optuna_trial is not None
-    parts = [suggestion.cell, suggestion.role, f"t{suggestion.optuna_trial}" if searched else f"s{suggestion.seed}", trial_id]
+    number = f"t{suggestion.optuna_trial}" if searched else f"s{suggestion.seed}"
+    parts = [suggestion.cell, suggestion.role, number, trial_id]
     return "-".join(str(part) for part in parts if part)
 
 
@@ -168,7 +169,8 @@ class Ledger:
 
     def open(self, trial_id: str, phase: str, suggestion: Suggestion, params: dict, tags: dict) -> dict:
         record = {"run_id": None, "run_name": run_name(suggestion, trial_id, phase), "tags": tags, "last_step": -1,
-                  "phase": phase, "suggestion": suggestion.to_tune(), "params": params, "history": [], "started": time.time()}
+                  "phase": phase, "suggestion": suggestion.to_tune(), "params": params, "history": [],
+                  "started": time.time()}
         self._record({"e": "open", "id": trial_id, "r": record})
         return record
 
@@ -186,15 +188,16 @@ class Ledger:
 
     def add_failure(self, trial_id: str, result: dict) -> None:
         """The trial's one failure report (trainables/failures.py): kept for its status, never an eval point."""
-        self._record({"e": "failure", "id": trial_id, "set": {"failure": {k: result[k] for k in FAILURE_KEYS if k in result}}})
+        failure = {k: result[k] for k in FAILURE_KEYS if k in result}
+        self._record({"e": "failure", "id": trial_id, "set": {"failure": failure}})
 
     def finish(self, trial_id: str, errored: bool, reason: str, total_kimg: float, onset_threshold: float) -> dict:
         """Close the record: its status (contract.trial_status), reason and curve statistics."""
         record = self.records[trial_id]
         failure = record.get("failure", {})
         status = trial_status({**record.get("last_result", {"kimg": 0.0}), **failure}, errored, total_kimg)
-        ending = {"status": status, "reason": (failure_reason(failure) if failure else reason)[:500], "ended": time.time(),
-                  "curve": curve_statistics(record["history"], onset_threshold)}
+        ending = {"status": status, "reason": (failure_reason(failure) if failure else reason)[:500],
+                  "ended": time.time(), "curve": curve_statistics(record["history"], onset_threshold)}
         self._record({"e": "finish", "id": trial_id, "set": ending}, sync=True)
         return record
 
