@@ -266,12 +266,9 @@ def _train_workers(state) -> dict[str, str]:
 
 
 def _first_report_seen(output: Path) -> bool:
-    path = output / "trials_search.json"
-    try:
-        records = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return False
-    return any(r.get("last_step", -1) >= 128 for r in records.values())
+    from study.tracking.ledger import load_records
+
+    return any(r.get("last_step", -1) >= 128 for r in load_records(output, "search").values())
 
 
 @pytest.mark.slow

@@ -49,6 +49,20 @@ def test_a_second_driver_is_refused_in_one_line_and_changes_nothing(tmp_path):
     assert not (tmp_path / LEASE_FILE).exists()
 
 
+
+def test_study_run_refuses_a_folder_whose_driver_is_running(tmp_path):
+    """`python study/run.py --resume` on a folder another driver holds: exit 2, one line naming the holder, and the
+    folder (listing, sizes, modification times) exactly as it was."""
+    (tmp_path / "study_state.json").write_text(json.dumps({"name": "demo", "fingerprint": "x", "phase": "design"}))
+    with StudyLease(tmp_path, ttl_s=30):
+        before = _listing(tmp_path)
+        result = subprocess.run([sys.executable, "study/run.py", "--output", str(tmp_path), "--resume"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert _listing(tmp_path) == before
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and f"(pid {os.getpid()})" in lines[0], lines[0]
+
 def test_a_killed_drivers_lease_is_taken_over_at_once(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from study.driver.lease import StudyLease; "

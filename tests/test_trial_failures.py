@@ -19,7 +19,7 @@ from study.tracking.progress import ProgressCallback
 from study.phases.searcher import trial_outcome
 from study.phases.suggestion import Suggestion
 from study.contract import MLFLOW_STATUS, FailureSummary, summarize_failures, trial_status
-from tests.conftest import TINY_TRIAL
+from tests.conftest import GRID_CONFIG, TINY_TRIAL
 from trainables.checkpoint import CheckpointError
 from trainables.config_io import ConfigError
 from trainables.data import DatasetError
@@ -103,7 +103,7 @@ def test_a_deterministic_trial_error_is_not_retried_and_the_study_exits_non_zero
         "name=channelless", "regimes=[1.0]", "search.trials_per_regime=2", "search.space=channelless",
         "search.metric=test_loss", "search.max_memorization=null", "scheduler.kind=none", "confirm.seeds=1",
         "resources.max_failures=3", "resources.max_concurrent=2", "failures.max_fraction=0.25"]
-    code = main(["--output", str(output), *sum((["--set", s] for s in sets), [])])
+    code = main(["--config", GRID_CONFIG, "--output", str(output), *sum((["--set", s] for s in sets), [])])
     captured = capsys.readouterr()
     last_line = captured.err.strip().splitlines()[-1]
     assert code == 1, captured.err[-2000:]

@@ -13,7 +13,7 @@ from study.contract import TRIAL_PHASES, FailureSummary, Phase, study_phases, su
 from study.driver.plan import describe, make_plan
 from study.driver.preflight import check_study
 from study.driver.ray_cluster import cluster_nodes, planning_nodes, runs_remotely, start_ray
-from study.driver.state import StudyError, forget_state, load_state, writable_output
+from study.driver.state import StudyError, forget_state, held_output, load_state
 from study.driver.trainable import make_trainable
 from study.driver.study_run import StudyRun
 from study.driver.tuning import PhaseInterrupted, run_phase
@@ -27,11 +27,8 @@ __all__ = ["PhaseInterrupted", "StudyError", "run_study", "study_failures"]
 
 def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
     """Run (or resume) the whole study; returns the output folder."""
-    from study.driver.lease import StudyLease
-
     check_study(config, on_this_machine=not runs_remotely(config, address))
-    output = writable_output(config)
-    with StudyLease(output):
+    with held_output(config, log) as output:
         state = load_state(output, config, resume)
         tracking = open_study_tracking(config, output, state.get("parent_run_id"))
         run = StudyRun(config, output, state, tracking, address, resume)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from study.config import StudyConfig
@@ -58,14 +60,20 @@ def forget_state(output: Path) -> None:
     (output / STATE_FILE).unlink(missing_ok=True)
 
 
-def writable_output(config: StudyConfig) -> Path:
-    """The output folder, made and probed for writing before anything else happens."""
+@contextmanager
+def held_output(config: StudyConfig, log=print) -> Iterator[Path]:
+    """The output folder, made and leased to this driver for as long as the block runs. The lease file is the first
+    thing written there (a second driver is refused before it changes anything), and so the probe for writing."""
+    from study.driver.lease import StudyLease
+
     output = config.output_dir
+    lease = StudyLease(output, log=log)
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        lease.__enter__()
     except OSError as err:
         raise StudyError(f"cannot write to output folder {output}: {err.strerror}; choose another with --output") from None
-    return output
+    try:
+        yield output
+    finally:
+        lease.release()
