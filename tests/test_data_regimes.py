@@ -28,6 +28,15 @@ def test_every_prefix_is_class_balanced(labels, size):
     assert counts.sum() == size and counts.min() >= 1 and counts.max() - counts.min() <= 1
 
 
+
+@pytest.mark.parametrize("size", (2, 4, 7))
+def test_below_the_class_count_a_subset_holds_one_image_of_each_of_n_classes(labels, size):
+    """Where an adaptive design goes below one image per class (docs/config.md, design.min_images): n images of n
+    different classes, and the smaller subsets are prefixes of the larger ones."""
+    indices = regime_indices(len(labels), size, seed=0, labels=labels)
+    assert class_counts(indices, labels).max() == 1 and len(set(labels[indices].tolist())) == size
+    assert torch.equal(indices, regime_indices(len(labels), 10, seed=0, labels=labels)[:size])
+
 def test_eighteen_digits_hold_each_digit_about_twice(labels):
     counts = class_counts(regime_indices(len(labels), 18, seed=3, labels=labels), labels)
     assert sorted(counts.tolist()) == [1, 1] + [2] * 8
