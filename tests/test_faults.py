@@ -231,14 +231,16 @@ def test_killed_worker_resumes_from_its_checkpoint_without_gap_or_duplicate(ray_
         driver = subprocess.Popen([sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address, *sum((["--set", s] for s in sets), [])],
                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "token"})
     try:
-        # Kill once the driver has recorded a result of the trial: its checkpoint is then registered (an upload the
-        # Train controller has not yet taken in is lost with the worker), and most of the trial is still to run.
+        # Kill once the driver has recorded two results of the trial: Tune registers a result's checkpoint only after
+        # its callbacks (the ledger among them) have run, so the checkpoint known to be registered is the one before
+        # the last result (an upload the controller has not yet taken in is lost with the worker); most of the
+        # trial is still to run.
         deadline, victim, killed_trial = time.time() + 240, None, None
         while victim is None and driver.poll() is None and time.time() < deadline:
             records = _records(output)
-            reported = [trial for trial, record in records.items() if record.get("history")]
+            reported = [trial for trial, record in records.items() if len(record.get("history", [])) >= 2]
             if reported:
-                reported_kimg = max(h["kimg"] for h in records[reported[0]]["history"])
+                reported_kimg = sorted(h["kimg"] for h in records[reported[0]]["history"])[-2]
                 workers = _live_actors(address, actor_class)
                 assert len(workers) == 1, workers  # the study's one trial: the live process that trains it
                 victim, killed_trial = workers[0].pid, reported[0]
