@@ -200,3 +200,30 @@ def test_the_default_study_keeps_the_fingerprint_earlier_releases_wrote():
     grid = str(DEFAULT_CONFIG.with_name("demo_grid.yaml"))
     assert search_fingerprint(load_study_config(grid, ["name=demo"])) == "f06b7ee887dcd642"
     assert search_fingerprint(load_study_config(grid, ["name=demo", "design={}", "confirm.arms={f: {score_augment.p: 0.5}}"])) != "f06b7ee887dcd642"
+
+
+def test_a_suggestion_tune_never_saved_is_asked_again_on_resume(tmp_path):
+    """The driver is killed after Optuna handed out a trial but before Tune saved it: the resumed searcher holds
+    only what Tune saved, fails the lost trial and asks its cell again (a lost baseline is enqueued again), so the
+    phase reaches its trial count instead of waiting for a trial no one runs."""
+    config = _config("regimes={images: [18]}", "search.trials_per_regime=3")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = RegimeSearcher(study_cells(config), config.search, url, config.name, 0.1, 0.256)
+    baseline = searcher.suggest("t0")
+    saved = searcher.get_state()  # Tune's checkpoint: t0 only
+    searcher.suggest("t1")  # handed out, then the driver dies
+    resumed = RegimeSearcher(study_cells(config), config.search, url, config.name, 0.1, 0.256)
+    resumed.set_state(saved)
+    trials = load_regime_study(url, f"{config.name}-n18").get_trials(deepcopy=False)
+    assert trials[1].state == optuna.trial.TrialState.FAIL and trials[1].user_attrs["lost"]
+    again = [resumed.suggest(t) for t in ("t2", "t3")]
+    assert all(isinstance(s, dict) for s in again) and resumed.suggest("t4") == resumed.FINISHED
+    assert baseline["role"] == "baseline"
+    # a lost baseline comes back as the baseline
+    url2 = f"sqlite:///{tmp_path / 'optuna2.db'}"
+    first = RegimeSearcher(study_cells(config), config.search, url2, config.name, 0.1, 0.256)
+    empty = first.get_state()
+    first.suggest("b0")
+    second = RegimeSearcher(study_cells(config), config.search, url2, config.name, 0.1, 0.256)
+    second.set_state(empty)
+    assert second.suggest("b1")["role"] == "baseline"

@@ -23,6 +23,7 @@ from study.config import SearchConfig
 from study.stats.running_max import RunningMax
 
 MEMORIZATION_CONSTRAINT = "memorization_max"
+LOST = "lost"  # an Optuna trial whose Tune trial was never saved
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
@@ -90,8 +91,9 @@ class RegimeSearcher(Searcher):
         return self._studies[cell]
 
     def _next_cell(self) -> str | None:
-        # The enqueued baseline waits in the study until asked: it is not yet a trial handed out.
-        asked = {c: sum(t.state != TrialState.WAITING for t in self.study(c).get_trials(deepcopy=False)) for c in self.cells}
+        # The enqueued baseline waits in the study until asked: it is not yet a trial handed out; nor is a lost one.
+        asked = {c: sum(t.state != TrialState.WAITING and not t.user_attrs.get(LOST)
+                        for t in self.study(c).get_trials(deepcopy=False)) for c in self.cells}
         open_cells = [c for c, n in asked.items() if n < self.search.trials_per_regime]
         return min(open_cells, key=lambda c: asked[c]) if open_cells else None
 
@@ -150,6 +152,25 @@ class RegimeSearcher(Searcher):
         self.live = dict(state["live"])
         self.memorization_max = RunningMax()
         self.memorization_max.values = dict(state.get("memorization_max", {}))
+        self.release_lost_trials()
+
+    def release_lost_trials(self) -> int:
+        """Trials Optuna handed out that Tune's restored state does not hold (a driver killed between the two saves):
+        failed and marked lost, so their cell asks again (a lost baseline is enqueued again). Else the phase would
+        wait forever for a trial no one runs. Returns how many."""
+        live = {tuple(value) for value in self.live.values()}
+        lost = 0
+        for cell in self.cells:
+            study = self.study(cell)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (cell, trial.number) in live:
+                    continue
+                optuna.Trial(study, trial._trial_id).set_user_attr(LOST, True)  # private id: see on_trial_complete
+                study.tell(trial.number, state=TrialState.FAIL)
+                if trial.user_attrs.get("role") == Role.BASELINE:
+                    study.enqueue_trial(baseline_params(self.base_dropout), user_attrs={"role": Role.BASELINE})
+                lost += 1
+        return lost
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
