@@ -354,11 +354,26 @@ class SlurmLaunch(TimedSteps):
         import pandas as pd
 
         results = pd.read_parquet(self.study / "results.parquet")
-        once = sorted(results["optuna_trial"]) == list(range(self.planned)) and results["trial_id"].is_unique
+        lost = self.lost_optuna_trials()
+        # Every planned trial once: each Optuna trial either in results.parquet or failed as lost (handed out by the
+        # searcher but never saved by Tune when a job was cancelled; the resumed search asked again in its place).
+        once = (len(results) == self.planned and results["trial_id"].is_unique and results["optuna_trial"].is_unique
+                and sorted([*results["optuna_trial"], *lost]) == list(range(self.planned + len(lost))))
         if not once or set(results["status"]) != {"completed"}:
-            raise LaunchError(f"results.parquet: {results[['optuna_trial', 'trial_id', 'status']].to_dict('records')}")
+            raise LaunchError(f"results.parquet: {results[['optuna_trial', 'trial_id', 'status']].to_dict('records')}; "
+                              f"lost: {lost}")
         summary = check_runs(f"sqlite:///{self.study / 'mlflow-server' / 'mlflow.db'}", set(results["mlflow_run_id"]))
-        self.note(f"results.parquet: optuna trials 0-{self.planned - 1} once each, all completed; MLflow: {summary}")
+        self.note(f"results.parquet: {self.planned} trials once each, all completed ({len(lost)} lost to a cancel and "
+                  f"asked again); MLflow: {summary}")
+
+    def lost_optuna_trials(self) -> list[int]:
+        """The Optuna trials the resumed search failed as lost (study/phases/searcher.py, release_lost_trials)."""
+        import optuna
+
+        storage = optuna.storages.RDBStorage(f"sqlite:///{self.study / 'optuna.db'}")
+        [summary] = optuna.get_all_study_summaries(storage)
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        return [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("lost")]
 
     # -- cleanup -----------------------------------------------------------------------------------------------
 
