@@ -8,7 +8,6 @@ sizes one trial at a time, so there are no seed groups per size to bootstrap ove
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from study.config import StudyConfig
 from study.contract import Phase, Role, Status
 from study.phases.suggestion import Suggestion
 from study.report.formatting import model_interval, number
+from study.report.scaling import metric_name
 from study.stats import design_summary
 from study.stats.design_summary import DesignTrial
 
@@ -59,21 +59,17 @@ def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
                             "censored": t.last_kimg < total - 1e-6} for t in trials]}
 
 
-def _metric_name(*parts: str) -> str:
-    return ".".join(re.sub(r"[^A-Za-z0-9_.\-/]", "", p) for p in parts if p)
-
-
 def headline_metrics(estimates: dict | None, capacity: str) -> dict[str, float]:
     """Each arm's model N50 and each multiplier with their intervals, as MLflow metric names."""
     metrics = {}
     for entry in (estimates or {}).get("per_arm", []):
         for key in ("n50", "n50_low", "n50_high"):
             if entry.get(key) is not None:
-                metrics[_metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
+                metrics[metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
     for entry in (estimates or {}).get("multipliers", []):
         for key in ("data_multiplier", "data_multiplier_low", "data_multiplier_high"):
             if entry.get(key) is not None:
-                metrics[_metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
+                metrics[metric_name(f"model_{key}", entry["arm"], capacity)] = entry[key]
     return metrics
 
 

@@ -115,7 +115,7 @@ def scaling_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metric_name(*parts: str) -> str:
+def metric_name(*parts: str) -> str:
     """An MLflow metric name from arm and capacity labels (letters, digits, '_', '-', '.', '/')."""
     return ".".join(re.sub(r"[^A-Za-z0-9_.\-/]", "", p) for p in parts if p)
 
@@ -128,13 +128,13 @@ def parent_metrics(summary: dict) -> dict[str, float]:
             for suffix in ("", "_low", "_high"):
                 value = entry.get(f"{stat}{suffix}")
                 if value is not None:
-                    metrics[_metric_name(f"{stat}{suffix}", entry["arm"], entry["capacity"])] = value
+                    metrics[metric_name(f"{stat}{suffix}", entry["arm"], entry["capacity"])] = value
     for entry in summary["multipliers"]:
         for key in ("data_multiplier", "low", "high", "lower_bound"):
             value = entry.get(key)
             if value is not None:
                 name = key if key == "data_multiplier" else f"data_multiplier_{key}"
-                metrics[_metric_name(name, entry["arm"], entry["capacity"])] = value
+                metrics[metric_name(name, entry["arm"], entry["capacity"])] = value
     return metrics
 
 
