@@ -13,11 +13,13 @@ from pathlib import Path
 
 from study.config import StudyConfig
 from study.contract import Phase, Role, Status
+from study.phases.cells import capacity_label, capacity_values
 from study.phases.suggestion import Suggestion
 from study.report.formatting import model_interval, number
 from study.report.scaling import metric_name
 from study.stats import design_summary
 from study.stats.design_summary import DesignTrial
+from study.stats.scaling import curve_statistics
 
 KEPT = (Status.COMPLETED, Status.EARLY_STOPPED)
 
@@ -42,7 +44,7 @@ def design_trials(records: list[dict], samples: int) -> dict[str, list[DesignTri
                        if isinstance(h.get("memorization"), (int, float)) and math.isfinite(h["memorization"]))
         if points:
             trial = DesignTrial(suggestion.role, suggestion.images, suggestion.round or 0, points,
-                                record["history"][-1]["kimg"], samples)
+                                record["history"][-1]["kimg"], samples, curve_statistics(record["history"])["best_fid_test"])
             trials.setdefault(suggestion.capacity, []).append(trial)
     return trials
 
@@ -55,6 +57,7 @@ def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
             "by_round": design_summary.by_round(trials, last, reference, slope),
             "by_kimg": design_summary.by_kimg(trials, reference, slope),
             "cost": design_summary.cost(trials, total),
+            "fid_cost": design_summary.fid_cost(trials, reference),
             "placements": [{"arm": t.arm, "images": t.images, "round": t.round, "memorization_max": max(m for _, m in t.points),
                             "censored": t.last_kimg < total - 1e-6} for t in trials]}
 
@@ -88,7 +91,8 @@ def design_markdown(capacity: str, summary: dict) -> str:
                      f"| {_estimate(entry, 'n50')} | {_estimate(entry, 'emm')} |")
     lines += ["", "| arm | data multiplier (N50 of baseline / its N50) |", "| --- | --- |"]
     lines += [f"| {m['arm']} | {_estimate(m, 'data_multiplier')} |" for m in final["multipliers"]]
-    lines += ["", "N50 against training time (the same trials, memorization_max up to each eval kimg):", "",
+    lines += ["", *_fid_cost_lines(summary.get("fid_cost", []))]
+    lines += ["N50 against training time (the same trials, memorization_max up to each eval kimg):", "",
               "| kimg | " + " | ".join(f"N50 {e['arm']}" for e in final["per_arm"]) + " | multipliers |",
               "|---|" + "---|" * (len(final["per_arm"]) + 1)]
     for row in summary["by_kimg"]:
@@ -99,6 +103,38 @@ def design_markdown(capacity: str, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fid_cost(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    return f"{entry['fid_cost']:+.1f} [{entry['fid_cost_low']:+.1f}, {entry['fid_cost_high']:+.1f}]"
+
+
+def _fid_cost_lines(costs: list[dict]) -> list[str]:
+    """The arms' sample-quality price at sizes where nobody copies (study/stats/design_summary.py, fid_cost)."""
+    if not costs:
+        return ["FID cost where nobody copies: too few trials without a copied sample to estimate it.", ""]
+    return [("FID cost where nobody copies (best fid_test minus the baseline's among trials that copied no sample, "
+             "adjusted for log N; 95% interval):"), "", "| arm | FID cost | trials without copies (arm / baseline) |",
+            "| --- | --- | --- |",
+            *[f"| {c['arm']} | {_fid_cost(c)} | {c['trials']} / {c['reference_trials']} |" for c in costs], ""]
+
+
+def capacity_markdown(summaries: dict[str, dict]) -> str:
+    """The capacity answer in one table: per capacity, each arm's N50, its multiplier and its FID cost."""
+    finals = {capacity: s["final"] or {"per_arm": [], "multipliers": []} for capacity, s in summaries.items()}
+    arms = sorted({m["arm"] for final in finals.values() for m in final["multipliers"]})
+    lines = ["### By capacity", "", "| capacity | N50 baseline | " + " | ".join(
+        f"N50 {a} | data multiplier {a} | FID cost {a} where nobody copies" for a in arms) + " |",
+        "|---|---|" + "---|---|---|" * len(arms)]
+    for capacity, final in finals.items():
+        n50 = {e["arm"]: _estimate(e, "n50") for e in final["per_arm"]}
+        multiplier = {m["arm"]: _estimate(m, "data_multiplier") for m in final["multipliers"]}
+        cost = {c["arm"]: c for c in summaries[capacity].get("fid_cost", [])}
+        cells = [f"{n50.get(a, '-')} | {multiplier.get(a, '-')} | {_fid_cost(cost.get(a))}" for a in arms]
+        lines.append(f"| {capacity} | {n50.get(Role.BASELINE.value, '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_design_report(config: StudyConfig, records: list[dict], folder: Path) -> DesignReport:
     """design.json, the design and phase-diagram figures, and the model's headline numbers, per capacity."""
     import json
@@ -106,12 +142,16 @@ def write_design_report(config: StudyConfig, records: list[dict], folder: Path) 
     from study.report.figures import design_figure, n50_kimg_figure
 
     report = DesignReport()
-    for capacity, trials in design_trials(records, config.trial.eval.num_samples).items():
+    by_capacity = design_trials(records, config.trial.eval.num_samples)
+    for capacity in (label for label in map(capacity_label, capacity_values(config)) if label in by_capacity):
+        trials = by_capacity[capacity]
         summary = report.summary[capacity] = summarize_design(config, trials)
         report.markdown += design_markdown(capacity, summary) + "\n"
         report.round_metrics += [(row["round"], headline_metrics(row, capacity)) for row in summary["by_round"]]
     if not report.summary:
         return report
+    if len(report.summary) > 1:
+        report.markdown += capacity_markdown(report.summary) + "\n"
     (folder / "design.json").write_text(json.dumps(report.summary, indent=1))
     report.artifacts = [folder / "design.json", *design_figure(report.summary, folder), *n50_kimg_figure(report.summary, folder)]
     report.markdown = "## The adaptive design\n\n![design](design.png)\n\n![N50 against training time](n50_kimg.png)\n\n" + report.markdown

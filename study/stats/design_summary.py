@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import stats
 
 from study.stats import memorization_model as model
 
@@ -27,6 +28,7 @@ class DesignTrial:
     points: tuple[tuple[float, float], ...]  # (kimg, memorization), in training order
     last_kimg: float  # where it stopped (its budget, or earlier when decided)
     samples: int = 256
+    best_fid_test: float | None = None  # the best held-out FID over its eval points
 
     def observation(self, kimg: float) -> model.Observation | None:
         """Its memorization_max up to `kimg`: exact if it trained that far, else right-censored."""
@@ -87,3 +89,31 @@ def cost(trials: Sequence[DesignTrial], total_kimg: float) -> dict[str, dict]:
     return {arm: {"trials": len(mine), "kimg": sum(t.last_kimg for t in mine),
                   "stopped_decided": sum(t.last_kimg < total_kimg - 1e-6 for t in mine)}
             for arm in sorted({t.arm for t in trials}) for mine in [[t for t in trials if t.arm == arm]]}
+
+
+def fid_cost(trials: Sequence[DesignTrial], reference: str) -> list[dict]:
+    """Each arm's sample-quality price where nobody copies: its best fid_test minus the reference arm's, among the
+    trials that copied no sample at any eval point, adjusted for their sizes.
+
+    A design places the arms' uncopied trials at different sizes (each just above its own N50), so raw means would
+    compare sizes, not arms: best_fid_test = a + b log N + c_arm, least squares with one shared size slope, and
+    c_arm with a t interval on the residual degrees of freedom. Empty where an arm or the residual has no trial, or
+    where each arm's uncopied trials sit at one size (size and arm cannot then be told apart)."""
+    clean = [t for t in trials if t.best_fid_test is not None and np.isfinite(t.best_fid_test)
+             and max(m for _, m in t.points) == 0.0]
+    arms = [a for a in sorted({t.arm for t in clean}) if a != reference]
+    if not arms or not any(t.arm == reference for t in clean):
+        return []
+    x = np.array([[1.0, np.log(t.images)] + [float(t.arm == a) for a in arms] for t in clean])
+    y = np.array([t.best_fid_test for t in clean])
+    dof = len(y) - x.shape[1]
+    if dof < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
+        return []
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    sigma2 = float(np.sum((y - x @ coef) ** 2)) / dof
+    se = np.sqrt(np.diag(sigma2 * np.linalg.inv(x.T @ x)))
+    half = stats.t.ppf(0.975, dof) * se
+    return [{"arm": a, "reference": reference, "trials": sum(t.arm == a for t in clean),
+             "reference_trials": sum(t.arm == reference for t in clean), "fid_cost": float(coef[2 + i]),
+             "fid_cost_low": float(coef[2 + i] - half[2 + i]), "fid_cost_high": float(coef[2 + i] + half[2 + i])}
+            for i, a in enumerate(arms)]

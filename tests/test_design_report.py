@@ -1,0 +1,79 @@
+"""What an adaptive design's report says, from trials of a known truth: ScoreAug's FID cost where nobody copies
+(its size adjustment, and the coverage of its interval), and the capacity table with each width's two-sided
+multiplier."""
+
+import math
+
+import numpy as np
+
+from study.config import load_study_config
+from study.report.design import capacity_markdown, summarize_design
+from study.stats.design_summary import DesignTrial, fid_cost
+
+SIZE_SLOPE = -6.0  # best fid_test falls by 6 points per e-fold of training images
+COST = 4.0  # the arm's true FID price
+
+
+def _uncopied(rng, arm: str, sizes, noise: float = 1.0) -> list[DesignTrial]:
+    fid = lambda n: 40.0 + SIZE_SLOPE * math.log(n) + (COST if arm == "scoreaug_fixed" else 0.0) + rng.normal(0, noise)
+    return [DesignTrial(arm, n, 1, ((60.0, 0.0), (120.0, 0.0)), 120.0, 256, fid(n)) for n in sizes]
+
+
+def test_the_fid_cost_adjusts_for_the_sizes_each_arm_was_placed_at():
+    rng = np.random.default_rng(0)
+    # The baseline's uncopied trials lie at larger sizes (above its larger N50), so they have the better FID:
+    # raw means would call the arm's cost about 4 + 6 * log(4) = 12 points.
+    trials = _uncopied(rng, "baseline", [150, 200, 300, 400]) + _uncopied(rng, "scoreaug_fixed", [40, 50, 75, 100])
+    copied = DesignTrial("scoreaug_fixed", 20, 1, ((120.0, 0.6),), 120.0, 256, 5.0)  # copies: its FID must not count
+    [estimate] = fid_cost(trials + [copied], "baseline")
+    raw = np.mean([t.best_fid_test for t in trials if t.arm == "scoreaug_fixed"]) - np.mean(
+        [t.best_fid_test for t in trials if t.arm == "baseline"])
+    assert raw > 9 and estimate["fid_cost_low"] < COST < estimate["fid_cost_high"]
+    assert (estimate["trials"], estimate["reference_trials"]) == (4, 4)
+
+
+def test_the_fid_cost_interval_covers_at_its_nominal_rate():
+    rng = np.random.default_rng(1)
+    covered = []
+    for _ in range(400):
+        trials = _uncopied(rng, "baseline", [120, 160, 250]) + _uncopied(rng, "scoreaug_fixed", [40, 60, 90], noise=1.0)
+        [estimate] = fid_cost(trials, "baseline")
+        covered.append(estimate["fid_cost_low"] <= COST <= estimate["fid_cost_high"])
+    assert 0.92 <= np.mean(covered) <= 0.98  # 95% nominal; 400 studies give a standard error of 0.011
+
+
+def test_no_fid_cost_without_uncopied_trials_of_both_arms():
+    rng = np.random.default_rng(2)
+    assert fid_cost(_uncopied(rng, "scoreaug_fixed", [40, 60, 90]), "baseline") == []
+    assert fid_cost(_uncopied(rng, "baseline", [100]) + _uncopied(rng, "scoreaug_fixed", [40]), "baseline") == []
+
+
+def _design_trials(rng, n50: dict[str, float], slope: float = 4.0) -> list[DesignTrial]:
+    """Trials at sizes around each arm's N50, three seeds each, with binomial copy counts over 256 samples."""
+    trials = []
+    for arm, center in n50.items():
+        for images in np.unique(np.round(center * np.geomspace(0.4, 12.0, 8)).astype(int)):
+            for _ in range(3):
+                m = rng.binomial(256, 1 / (1 + (images / center) ** slope)) / 256
+                fid = 30.0 - 3 * math.log(images) + (5.0 if arm != "baseline" else 0.0) + rng.normal(0, 0.5)
+                trials.append(DesignTrial(arm, int(images), 1, ((60.0, m / 2), (120.0, m)), 120.0, 256, fid))
+    return trials
+
+
+def test_the_capacity_table_gives_each_width_its_two_sided_multiplier():
+    rng = np.random.default_rng(3)
+    config = load_study_config(None, ["design={min_images: 2}", "confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}}",
+                                      "trial.train.total_kimg=120"])
+    truth = {"model_channels=8": (24.0, 8.0), "model_channels=32": (77.0, 32.0)}
+    summaries = {capacity: summarize_design(config, _design_trials(rng, {"baseline": base, "scoreaug_fixed": aug}))
+                 for capacity, (base, aug) in truth.items()}
+    for capacity, (base, aug) in truth.items():
+        [multiplier] = summaries[capacity]["final"]["multipliers"]
+        assert multiplier["data_multiplier_bound"] is None
+        assert multiplier["data_multiplier_low"] < base / aug < multiplier["data_multiplier_high"]
+        [cost] = summaries[capacity]["fid_cost"]
+        assert cost["fid_cost_low"] < 5.0 < cost["fid_cost_high"]
+    table = capacity_markdown(summaries).splitlines()
+    rows = [line for line in table if line.startswith("| model_channels=")]
+    assert [row.split(" | ")[0] for row in rows] == ["| model_channels=8", "| model_channels=32"]
+    assert all(row.count("[") == 4 for row in rows)  # N50 baseline, N50 arm, multiplier, FID cost: each an interval
