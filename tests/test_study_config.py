@@ -115,20 +115,34 @@ def test_dry_run_names_fractions_capacities_and_a_size_the_pool_lacks(tmp_path):
     assert too_many.returncode == 2 and "5000" in too_many.stderr and "1438" in too_many.stderr, too_many.stderr
 
 
-@pytest.mark.parametrize("name", ["demo_grid.yaml", "mnist.yaml", "cifar10.yaml", "scaling.yaml", "leakage.yaml", "capacity.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_grid.yaml", "mnist.yaml", "cifar10.yaml", "cifar10_grid.yaml", "scaling.yaml",
+                                  "scaling_adaptive.yaml", "leakage.yaml", "capacity.yaml", "capacity_adaptive.yaml", "smoke.yaml"])
 def test_shipped_configs_validate(name):
     result = _run("--config", f"study/configs/{name}", "--dry-run")
     assert result.returncode == 0, result.stderr
 
 
-def test_cifar10_dry_run_estimates_gpu_hours():
+def test_cifar10_grid_dry_run_estimates_gpu_hours():
     """91 trials (7 sizes x 4 searched + 7 x 3 arms x 3 seeds) x 100 Mimg at EDM's cited ~145 img/s per V100."""
-    result = _run("--config", "study/configs/cifar10.yaml", "--dry-run")
+    result = _run("--config", "study/configs/cifar10_grid.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
     training_hours = 91 * 100e6 / 145 / 3600
     line = next(line for line in result.stdout.splitlines() if "estimated cost" in line)
     assert f"{training_hours:,.0f} training" in line and "cited: EDM" in line and "no early stopping" in line
     assert "estimated cost" not in _run("--dry-run").stdout  # no GPUs asked for, no GPU-hours
+
+
+def test_the_adaptive_cifar10_dry_run_prints_its_expected_and_worst_case_cost_beside_the_grids():
+    """Expected: 4 searched + 0.33 (the simulated share at 2 trials at once) x 63 grid trials; worst: 4 + 32; grid: 91."""
+    grid = _run("--config", "study/configs/cifar10_grid.yaml", "--dry-run").stdout
+    grid_hours = next(line for line in grid.splitlines() if "estimated cost" in line).split(" GPU-hours")[0].split()[-1]
+    result = _run("--config", "study/configs/cifar10.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "estimated cost" in line)
+    per_trial = float(grid_hours.replace(",", "")) / 91
+    expected, worst = (4 + 0.33 * 63) * per_trial, 36 * per_trial
+    assert f"expected {expected:,.0f} GPU-hours" in line and f"worst case {worst:,.0f} (36 trials" in line, line
+    assert f"against {grid_hours} for the grid of the same arms (91 trials" in line and "cited: EDM" in line, line
 
 
 def test_infeasible_plans_name_what_is_missing():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from study.phases.cells import Cell, capacity_values, study_cells
 from study.config import StudyConfig
-from study.driver.cost import describe_cost
+from study.driver.cost import describe_cost, describe_design_cost
 from study.driver.trainable import trains_in_trial_process
 
 
@@ -159,5 +159,6 @@ def describe(config: StudyConfig, plan: Plan) -> str:
         f"  optuna storage: {config.optuna_url}",
         f"  tracking: {config.tracking_uri} (experiment {config.experiment_name})",
     ]
-    cost = describe_cost(config, plan.total_trials)
+    cost = (describe_design_cost(config, len(plan.cells) * plan.trials_per_regime, plan.concurrency) if config.design
+            else describe_cost(config, plan.total_trials))
     return "\n".join(lines + ([cost] if cost else []))
