@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.driver.runner import run_study
+from study.report.scaling import metric_name
 from study.tracking.ledger import load_records
 from tests.conftest import ROOT, TINY_TRIAL
 
@@ -77,3 +78,40 @@ def test_a_design_interrupted_mid_way_resumes_and_reports(ray_session, tmp_path)
     assert len(design["placements"]) == len(records) and [row["kimg"] for row in design["by_kimg"]] == [0.128, 0.256, 0.512]
     assert (output / "report" / "design.png").exists() and (output / "report" / "n50_kimg.png").exists()
     assert "## The adaptive design" in (output / "report" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_capacity_crossed_design_places_and_reports_each_width_on_its_own(ray_session, tmp_path):
+    overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
+        "name=widths", f"output={tmp_path / 'widths'}", "capacities={model.model_channels: [8, 16]}",
+        "scheduler.kind=none", "search.metric=test_loss", "resources.max_concurrent=2",
+        "design={min_images: 2, max_images: 64, max_trials: 3}", "confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}}",
+    ]
+    config = load_study_config(None, overrides)
+    output = run_study(config, log=lambda *_: None)
+
+    rows = [r for r in pq.read_table(output / "results.parquet").to_pylist() if r["phase"] == "design"]
+    widths = {"model_channels=8": 8, "model_channels=16": 16}
+    for label, width in widths.items():
+        mine = [r for r in rows if r["capacity"] == label]
+        assert 2 <= len(mine) <= 3 and {r["role"] for r in mine} == {"baseline", "scoreaug_fixed"}
+        assert all(r["param.model.model_channels"] == width and 2 <= r["images"] <= 64 for r in mine)
+    assert {r["capacity"] for r in rows} == set(widths)
+
+    design = json.loads((output / "report" / "design.json").read_text())
+    assert set(design) == set(widths)
+    assert all(len(design[label]["placements"]) == sum(r["capacity"] == label for r in rows) for label in widths)
+    summary = (output / "report" / "summary.md").read_text()
+    assert all(f"### The adaptive design at {label}" in summary for label in widths)
+    table = summary.split("### By capacity", 1)[1].splitlines()
+    assert [line.split(" | ")[0] for line in table if line.startswith("| model_channels=")] == [f"| {label}" for label in widths]
+    assert f"| design | {len(rows)} | {sum(r['kimg'] for r in rows):.3g} |" in summary  # what it cost, from the same rows
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment = client.get_experiment_by_name("widths")
+    runs = client.search_runs([experiment.experiment_id], "tags.phase = 'design'", max_results=100)
+    assert sorted(r.data.tags["capacity"] for r in runs) == sorted(r["capacity"] for r in rows)
+    [parent] = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    # N50 itself, or the end that bounds it when the tiny budget leaves it unbracketed (model_n50_high...)
+    logged = lambda label: [n for n in parent.data.metrics if n.startswith("model_n50") and n.endswith(metric_name("", "baseline", label))]
+    assert all(logged(label) for label in widths), sorted(parent.data.metrics)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from study.config import load_study_config
+from study.report.cost import cost_markdown
 from study.report.design import capacity_markdown, summarize_design
 from study.stats.design_summary import DesignTrial, fid_cost
 
@@ -77,3 +78,15 @@ def test_the_capacity_table_gives_each_width_its_two_sided_multiplier():
     rows = [line for line in table if line.startswith("| model_channels=")]
     assert [row.split(" | ")[0] for row in rows] == ["| model_channels=8", "| model_channels=32"]
     assert all(row.count("[") == 4 for row in rows)  # N50 baseline, N50 arm, multiplier, FID cost: each an interval
+
+
+def test_the_cost_table_sums_each_phase_and_spans_first_start_to_last_end():
+    rows = [{"phase": "search", "kimg": 120.0, "wall_time_s": 120.0, "trial_started_at": 1000.0},
+            {"phase": "design", "kimg": 60.0, "wall_time_s": 60.0, "trial_started_at": 1100.0},
+            {"phase": "design", "kimg": 120.0, "wall_time_s": 150.0, "trial_started_at": 1200.0},
+            {"phase": "design", "kimg": None, "wall_time_s": 3.0, "trial_started_at": 1400.0}]  # failed before an eval
+    lines = cost_markdown(rows).splitlines()
+    assert "| search | 1 | 120 | 2.0 |" in lines and "| design | 3 | 180 | 3.5 |" in lines
+    assert "| all | 4 | 300 | 5.5 |" in lines
+    assert any(line.startswith("From the first trial's start to the last trial's end: 6.7 min") for line in lines)
+    assert cost_markdown([]) == ""

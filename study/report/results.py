@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from study.config import StudyConfig, optuna_url
 from study.contract import COMPARED_METRICS, REPORTED_METRICS, TRIAL_PHASES, UNFINISHED, Phase, Role, Status, status_counts
 from study.phases.suggestion import Suggestion
+from study.report.cost import cost_markdown
 from study.report.formatting import MISSING, spread
 from study.stats.scaling import curve_statistics
 from study.stats.seeds import mean_and_spread, regimes_in_order
@@ -257,7 +258,7 @@ def write_report(config: StudyConfig, output: Path) -> StudyReport:
     (report / "importances.json").write_text(json.dumps(importances, indent=1))
     markdown += "\n" + scaling.markdown
     markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
-    (report / "summary.md").write_text(markdown)
+    (report / "summary.md").write_text(markdown + "\n" + cost_markdown(rows))
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
     artifacts += size_figures(summary, report) + loss_gap_curves_figure(first_seed_curves(records), report)
     artifacts += best_configs(config, rows, report)
@@ -275,7 +276,7 @@ def _write_design_report(config: StudyConfig, rows: list[dict], records: list[di
     if config.design.searched_arm:
         importances = param_importances(config, output, sorted({r["regime"] for r in rows if r["phase"] == Phase.SEARCH}))
         markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
-    (report / "summary.md").write_text(markdown)
+    (report / "summary.md").write_text(markdown + "\n" + cost_markdown(rows))
     artifacts = [output / "results.parquet", report / "summary.md", *design.artifacts]
     return StudyReport(artifacts, {}, design_headline(design.summary), design.round_metrics)
 
@@ -287,7 +288,7 @@ def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, 
     summary = summarize_arms(config, rows)
     pq.write_table(pa.Table.from_pylist(summary), report / "ablation.parquet")
     notes = [f"- {note}" for note in status_counts([r["status"] for r in rows])]
-    markdown = arms_markdown(summary) + "\n".join(notes) + "\n\n" + scaling_markdown
+    markdown = arms_markdown(summary) + "\n".join(notes) + "\n\n" + scaling_markdown + "\n" + cost_markdown(rows)
     (report / "ablation.md").write_text(markdown)
     return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_figure(summary, report)]
 
