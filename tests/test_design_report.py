@@ -90,3 +90,14 @@ def test_the_cost_table_sums_each_phase_and_spans_first_start_to_last_end():
     assert "| all | 4 | 300 | 5.5 |" in lines
     assert any(line.startswith("From the first trial's start to the last trial's end: 6.7 min") for line in lines)
     assert cost_markdown([]) == ""
+
+
+def test_the_capacity_figure_is_drawn_for_a_numeric_axis_only(tmp_path):
+    from study.report.figures import capacity_figure
+
+    rng = np.random.default_rng(4)
+    config = load_study_config(None, ["design={min_images: 2}", "confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}}"])
+    summary = summarize_design(config, _design_trials(rng, {"baseline": 24.0, "scoreaug_fixed": 8.0}))
+    [path] = capacity_figure({"model_channels=8": summary, "model_channels=16": summary}, tmp_path)
+    assert path.name == "capacity.png" and path.stat().st_size > 10_000
+    assert capacity_figure({"model.preset=a": summary, "model.preset=b": summary}, tmp_path / "none") == []

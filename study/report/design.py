@@ -139,7 +139,7 @@ def write_design_report(config: StudyConfig, records: list[dict], folder: Path) 
     """design.json, the design and phase-diagram figures, and the model's headline numbers, per capacity."""
     import json
 
-    from study.report.figures import design_figure, n50_kimg_figure
+    from study.report.figures import capacity_figure, design_figure, n50_kimg_figure
 
     report = DesignReport()
     by_capacity = design_trials(records, config.trial.eval.num_samples)
@@ -150,9 +150,12 @@ def write_design_report(config: StudyConfig, records: list[dict], folder: Path) 
         report.round_metrics += [(row["round"], headline_metrics(row, capacity)) for row in summary["by_round"]]
     if not report.summary:
         return report
-    if len(report.summary) > 1:
-        report.markdown += capacity_markdown(report.summary) + "\n"
     (folder / "design.json").write_text(json.dumps(report.summary, indent=1))
     report.artifacts = [folder / "design.json", *design_figure(report.summary, folder), *n50_kimg_figure(report.summary, folder)]
+    if len(report.summary) > 1:
+        drawn = capacity_figure(report.summary, folder)
+        report.artifacts += drawn
+        report.markdown += "".join(f"![the estimates against capacity]({p.name})\n\n" for p in drawn)
+        report.markdown += capacity_markdown(report.summary) + "\n"
     report.markdown = "## The adaptive design\n\n![design](design.png)\n\n![N50 against training time](n50_kimg.png)\n\n" + report.markdown
     return report

@@ -8,8 +8,8 @@ training time, compare.py the side-by-side ones.
 
 from study.report.figures.compare import arms_figure, nearest_figure, pareto_figure, size_figures
 from study.report.figures.curves import curves_figure, loss_gap_curves_figure
-from study.report.figures.design import design_figure, n50_kimg_figure
+from study.report.figures.design import capacity_figure, design_figure, n50_kimg_figure
 from study.report.figures.scaling import scaling_figure
 
-__all__ = ["arms_figure", "curves_figure", "design_figure", "loss_gap_curves_figure", "n50_kimg_figure", "nearest_figure",
+__all__ = ["arms_figure", "capacity_figure", "curves_figure", "design_figure", "loss_gap_curves_figure", "n50_kimg_figure", "nearest_figure",
            "pareto_figure", "scaling_figure", "size_figures"]

@@ -43,13 +43,13 @@ def design_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
     return [save(fig, folder / "design.png")]
 
 
-def _estimate_points(rows: list[dict], key: str, arm: str, name: str) -> tuple[list, list, list]:
-    """(kimg, value, [below, above] error) where the estimate has a two-sided interval."""
+def _estimate_points(rows: list[dict], key: str, arm: str, name: str, x: str = "kimg") -> tuple[list, list, list]:
+    """(x, value, [below, above] error) where the estimate has a two-sided interval."""
     xs, ys, errors = [], [], [[], []]
     for row in rows:
         entry = next((e for e in row.get(key, []) if e["arm"] == arm), None)
         if entry and entry[name] is not None and entry[f"{name}_low"] is not None and entry[f"{name}_high"] is not None:
-            xs.append(row["kimg"])
+            xs.append(row[x])
             ys.append(entry[name])
             errors[0].append(entry[name] - entry[f"{name}_low"])
             errors[1].append(entry[f"{name}_high"] - entry[name])
@@ -92,3 +92,36 @@ def n50_kimg_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
         _kimg_panels(axes[:, column], summary, colors)
         axes[0, column].set_title(f"N50 against training time{' at ' + capacity if capacity else ''}", fontsize=9)
     return [save(fig, folder / "n50_kimg.png")]
+
+
+def capacity_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
+    """Each arm's N50 and each multiplier against the capacity value (a numeric axis such as model_channels):
+    whether ScoreAug's benefit grows with the network. Only two-sided intervals are drawn; bounds are in the table.
+    Nothing for a capacity axis that is not numeric."""
+    try:
+        rows = [{"capacity": float(label.rsplit("=", 1)[-1]), **(s["final"] or {})} for label, s in summaries.items()]
+    except ValueError:
+        return []
+    colors = arm_colors([p["arm"] for s in summaries.values() for p in s["placements"]])
+    fig, axes = figure(1, 2, figsize=(10, 4))
+    arms = sorted({e["arm"] for row in rows for e in row.get("per_arm", [])})
+    panels = ((axes[0], "per_arm", "n50", "o", "N50 "), (axes[1], "multipliers", "data_multiplier", "s", ""))
+    for arm in arms:
+        for ax, key, name, marker, prefix in panels:
+            xs, ys, errors = _estimate_points(rows, key, arm, name, "capacity")
+            if xs:
+                ax.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3, color=colors[arm], label=prefix + arm)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("N50 (training images)")
+    axes[1].set_ylabel("data multiplier")
+    axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
+    values = sorted(row["capacity"] for row in rows)
+    name = next(iter(summaries)).rsplit("=", 1)[0]
+    for ax in axes:
+        log_ticks(ax, values, [f"{v:g}" for v in values])
+        ax.set_xlabel(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        no_data(ax)
+    return [save(fig, folder / "capacity.png")]
+
