@@ -101,3 +101,18 @@ def test_the_capacity_figure_is_drawn_for_a_numeric_axis_only(tmp_path):
     [path] = capacity_figure({"model_channels=8": summary, "model_channels=16": summary}, tmp_path)
     assert path.name == "capacity.png" and path.stat().st_size > 10_000
     assert capacity_figure({"model.preset=a": summary, "model.preset=b": summary}, tmp_path / "none") == []
+
+
+def test_the_grid_check_rebuilds_the_published_means_and_spreads():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("grid_model_check", ROOT / "docs" / "grid_model_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    observations = check.grid_observations()
+    for arm, sizes in check.PUBLISHED_GRID.items():
+        for images, (mean, sd) in sizes.items():
+            values = [o.memorization for o in observations if (o.arm, o.images) == (arm, images)]
+            assert abs(np.mean(values) - mean) <= 1 / 256 and abs(np.std(values, ddof=1) - sd) <= 2 / 256
