@@ -84,7 +84,7 @@ def test_a_design_interrupted_mid_way_resumes_and_reports(ray_session, tmp_path)
 def test_a_capacity_crossed_design_places_and_reports_each_width_on_its_own(ray_session, tmp_path):
     overrides = [f"trial.{s}" for s in TINY_TRIAL] + [
         "name=widths", f"output={tmp_path / 'widths'}", "capacities={model.model_channels: [8, 16]}",
-        "scheduler.kind=none", "search.metric=test_loss", "resources.max_concurrent=2",
+        "trial.eval.fid=true", "trial.eval.fid_at=every", "scheduler.kind=none", "search.metric=test_loss", "resources.max_concurrent=2",
         "design={min_images: 2, max_images: 64, max_trials: 3}", "confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}}",
     ]
     config = load_study_config(None, overrides)
@@ -95,7 +95,7 @@ def test_a_capacity_crossed_design_places_and_reports_each_width_on_its_own(ray_
     for label, width in widths.items():
         mine = [r for r in rows if r["capacity"] == label]
         assert 2 <= len(mine) <= 3 and {r["role"] for r in mine} == {"baseline", "scoreaug_fixed"}
-        assert all(r["param.model.model_channels"] == width and 2 <= r["images"] <= 64 for r in mine)
+        assert all(r["param.model.model_channels"] == width and 2 <= r["images_in_regime"] <= 64 for r in mine)
     assert {r["capacity"] for r in rows} == set(widths)
 
     design = json.loads((output / "report" / "design.json").read_text())
