@@ -116,3 +116,40 @@ def test_the_grid_check_rebuilds_the_published_means_and_spreads():
         for images, (mean, sd) in sizes.items():
             values = [o.memorization for o in observations if (o.arm, o.images) == (arm, images)]
             assert abs(np.mean(values) - mean) <= 1 / 256 and abs(np.std(values, ddof=1) - sd) <= 2 / 256
+
+
+def _estimates_at(rng, factor: float, widths=(8, 16, 32, 64), se: float = 0.05):
+    """Independent log-normal multiplier estimates that change by `factor` per doubling, each with its 95% interval."""
+    points = []
+    for width in widths:
+        log_value = math.log(2.3) + math.log(factor) * math.log2(width / 8) + rng.normal(0, se)
+        points.append((width, math.exp(log_value), math.exp(log_value - 1.96 * se), math.exp(log_value + 1.96 * se)))
+    return points
+
+
+def test_the_trend_per_doubling_recovers_a_known_factor_and_covers():
+    from study.stats.design_summary import trend_per_doubling
+
+    rng = np.random.default_rng(5)
+    trend = trend_per_doubling(_estimates_at(rng, 1.25, se=0.001))
+    assert abs(trend["factor_per_doubling"] - 1.25) < 0.005 and trend["low"] < 1.25 < trend["high"]
+    covered = []
+    for _ in range(1000):
+        trend = trend_per_doubling(_estimates_at(rng, 1.0, widths=(8, 16, 32)))
+        covered.append(trend["low"] <= 1.0 <= trend["high"])
+    # 95% nominal; the dispersion floor of 1 makes it conservative (standard error of the rate: 0.007)
+    assert 0.94 <= np.mean(covered) <= 0.995
+    assert trend_per_doubling([(8, 2.0, 1.8, 2.2), (16, 2.1, None, None), (32, 2.2, 2.0, 2.4)]) is None
+
+
+def test_the_capacity_table_says_how_the_multiplier_changes_per_doubling():
+    rng = np.random.default_rng(6)
+    config = load_study_config(None, ["design={min_images: 2}", "confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}}"])
+    truth = {"model_channels=8": (24.0, 10.0), "model_channels=16": (48.0, 20.0), "model_channels=32": (96.0, 40.0)}
+    summaries = {capacity: summarize_design(config, _design_trials(rng, {"baseline": base, "scoreaug_fixed": aug}))
+                 for capacity, (base, aug) in truth.items()}
+    lines = capacity_markdown(summaries).splitlines()
+    [line] = [line for line in lines if line.startswith("- Data multiplier of scoreaug_fixed per doubling of model_channels")]
+    low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(", "))
+    assert low < 1.0 < high  # the truth: the same multiplier, 2.4, at every width
+    assert any(line.startswith("- N50 of baseline per doubling of model_channels: x") for line in lines)

@@ -132,7 +132,30 @@ def capacity_markdown(summaries: dict[str, dict]) -> str:
         cost = {c["arm"]: c for c in summaries[capacity].get("fid_cost", [])}
         cells = [f"{n50.get(a, '-')} | {multiplier.get(a, '-')} | {_fid_cost(cost.get(a))}" for a in arms]
         lines.append(f"| {capacity} | {n50.get(Role.BASELINE.value, '-')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *_trend_lines(finals, arms)]) + "\n"
+
+
+def _trend_lines(finals: dict[str, dict], arms: list[str]) -> list[str]:
+    """How each N50 and each multiplier change per doubling of a numeric capacity (design_summary.trend_per_doubling)."""
+    try:
+        values = {capacity: float(capacity.rsplit("=", 1)[-1]) for capacity in finals}
+    except ValueError:
+        return []
+    axis = next(iter(finals)).rsplit("=", 1)[0]
+    quantities = [(f"N50 of {a}", "per_arm", "n50", a) for a in [Role.BASELINE.value, *arms]]
+    quantities += [(f"Data multiplier of {a}", "multipliers", "data_multiplier", a) for a in arms]
+    lines = []
+    for label, key, name, arm in quantities:
+        points = [(values[capacity], e[name], e[f"{name}_low"], e[f"{name}_high"])
+                  for capacity, final in finals.items() for e in final[key] if e["arm"] == arm]
+        trend = design_summary.trend_per_doubling(points)
+        if trend:
+            lines.append(f"- {label} per doubling of {axis}: x{trend['factor_per_doubling']:.3f} [{trend['low']:.3f}, "
+                         f"{trend['high']:.3f}]")
+    if lines:
+        lines.append("\n(A weighted fit of the log estimate on log2 capacity over the capacities with two-sided "
+                     "intervals; 95% interval.)")
+    return lines
 
 
 def write_design_report(config: StudyConfig, records: list[dict], folder: Path) -> DesignReport:

@@ -9,6 +9,7 @@ time, the memorization phase diagram, without a single extra trial.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -117,3 +118,27 @@ def fid_cost(trials: Sequence[DesignTrial], reference: str) -> list[dict]:
              "reference_trials": sum(t.arm == reference for t in clean), "fid_cost": float(coef[2 + i]),
              "fid_cost_low": float(coef[2 + i] - half[2 + i]), "fid_cost_high": float(coef[2 + i] + half[2 + i])}
             for i, a in enumerate(arms)]
+
+
+def trend_per_doubling(points: Sequence[tuple[float, float, float, float]]) -> dict | None:
+    """How a ratio estimate (a data multiplier) changes per doubling of a capacity axis, from independent estimates
+    (capacity, value, low, high) with 95% intervals on the log scale: log value = a + b log2 capacity, inverse-variance
+    weighted least squares, returned as the factor exp(b) with a 95% interval.
+
+    Each estimate's SE is its log interval's half-width / 1.96: at least its Wald SE, as the model's intervals use
+    t quantiles. Scatter beyond those SEs widens the interval by the Pearson dispersion (at least 1), as the model's
+    own intervals are widened. None with fewer than three two-sided estimates."""
+    usable = [(c, v, lo, hi) for c, v, lo, hi in points if None not in (v, lo, hi) and c > 0 and lo > 0]
+    if len(usable) < 3:
+        return None
+    x = np.log2([c for c, *_ in usable])
+    y = np.log([v for _, v, *_ in usable])
+    weights = (2 * 1.959964 / np.log([hi / lo for *_, lo, hi in usable])) ** 2
+    centred = x - np.average(x, weights=weights)
+    slope_var = 1 / np.sum(weights * centred**2)
+    slope = float(np.sum(weights * centred * y) * slope_var)
+    intercept = np.average(y - slope * x, weights=weights)
+    dispersion = max(1.0, float(np.sum(weights * (y - intercept - slope * x) ** 2)) / (len(usable) - 2))
+    half = 1.959964 * np.sqrt(slope_var * dispersion)
+    return {"factor_per_doubling": math.exp(slope), "low": math.exp(slope - half), "high": math.exp(slope + half),
+            "estimates": len(usable), "dispersion": dispersion}
