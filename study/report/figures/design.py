@@ -56,6 +56,15 @@ def _estimate_points(rows: list[dict], key: str, arm: str, name: str, x: str = "
     return xs, ys, errors
 
 
+def _log_count_axis(ax) -> None:
+    """A log y axis for image counts, labelled as plain numbers (20, 30, 50), not as powers of ten."""
+    import matplotlib.ticker
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+
+
 def _kimg_panels(axes, summary: dict, colors: dict) -> None:
     rows = summary["by_kimg"]
     arms = sorted({e["arm"] for row in rows for e in row.get("per_arm", [])})
@@ -66,11 +75,7 @@ def _kimg_panels(axes, summary: dict, colors: dict) -> None:
         if xs:
             axes[1].errorbar(xs, ys, yerr=errors, marker="s", capsize=3, color=colors[arm], label=arm)
     if axes[0].has_data():
-        import matplotlib.ticker
-
-        axes[0].set_yscale("log")
-        axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axes[0].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        _log_count_axis(axes[0])
     axes[0].set_ylabel("N50 (training images)")
     axes[1].set_ylabel("data multiplier")
     axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
@@ -111,7 +116,8 @@ def capacity_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
             xs, ys, errors = _estimate_points(rows, key, arm, name, "capacity")
             if xs:
                 ax.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3, color=colors[arm], label=prefix + arm)
-    axes[0].set_yscale("log")
+    if axes[0].has_data():
+        _log_count_axis(axes[0])
     axes[0].set_ylabel("N50 (training images)")
     axes[1].set_ylabel("data multiplier")
     axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
