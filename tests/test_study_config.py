@@ -116,7 +116,8 @@ def test_dry_run_names_fractions_capacities_and_a_size_the_pool_lacks(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "demo_grid.yaml", "mnist.yaml", "cifar10.yaml", "cifar10_grid.yaml", "scaling.yaml",
-                                  "scaling_adaptive.yaml", "leakage.yaml", "capacity.yaml", "capacity_adaptive.yaml", "smoke.yaml"])
+                                  "scaling_adaptive.yaml", "leakage.yaml", "capacity.yaml", "capacity_adaptive.yaml",
+                                  "capacity_fid.yaml", "smoke.yaml"])
 def test_shipped_configs_validate(name):
     result = _run("--config", f"study/configs/{name}", "--dry-run")
     assert result.returncode == 0, result.stderr
