@@ -68,6 +68,14 @@ def capacity_label(capacity: tuple[str, object] | None) -> str:
     return "" if capacity is None else f"{capacity[0].rsplit('.', 1)[-1]}={capacity[1]}"
 
 
+def capacity_number(label: str) -> float | None:
+    """The value a capacity label names, where it is a number ("model_channels=32" -> 32.0), else None."""
+    try:
+        return float(label.rsplit("=", 1)[-1])
+    except ValueError:
+        return None
+
+
 def _with_capacity(cell: Cell, capacity: tuple[str, object] | None) -> Cell:
     if capacity is None:
         return cell

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from study.config import StudyConfig
 from study.contract import Phase, Role, Status
-from study.phases.cells import capacity_label, capacity_values
+from study.phases.cells import capacity_label, capacity_number, capacity_values
 from study.phases.suggestion import Suggestion
 from study.report.formatting import model_interval, number
 from study.report.scaling import metric_name
@@ -137,9 +137,8 @@ def capacity_markdown(summaries: dict[str, dict]) -> str:
 
 def _trend_lines(finals: dict[str, dict], arms: list[str]) -> list[str]:
     """How each N50 and each multiplier change per doubling of a numeric capacity (design_summary.trend_per_doubling)."""
-    try:
-        values = {capacity: float(capacity.rsplit("=", 1)[-1]) for capacity in finals}
-    except ValueError:
+    values = {capacity: capacity_number(capacity) for capacity in finals}
+    if None in values.values():
         return []
     axis = next(iter(finals)).rsplit("=", 1)[0]
     quantities = [(f"N50 of {a}", "per_arm", "n50", a) for a in [Role.BASELINE.value, *arms]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from study.phases.cells import capacity_number
 from study.report.figures.base import arm_colors, figure, log_ticks, no_data, save
 
 
@@ -103,9 +104,8 @@ def capacity_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
     """Each arm's N50 and each multiplier against the capacity value (a numeric axis such as model_channels):
     whether ScoreAug's benefit grows with the network. Only two-sided intervals are drawn; bounds are in the table.
     Nothing for a capacity axis that is not numeric."""
-    try:
-        rows = [{"capacity": float(label.rsplit("=", 1)[-1]), **(s["final"] or {})} for label, s in summaries.items()]
-    except ValueError:
+    rows = [{"capacity": capacity_number(label), **(s["final"] or {})} for label, s in summaries.items()]
+    if any(row["capacity"] is None for row in rows):
         return []
     colors = arm_colors([p["arm"] for s in summaries.values() for p in s["placements"]])
     fig, axes = figure(1, 2, figsize=(10, 4))
