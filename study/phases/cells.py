@@ -68,6 +68,11 @@ def capacity_label(capacity: tuple[str, object] | None) -> str:
     return "" if capacity is None else f"{capacity[0].rsplit('.', 1)[-1]}={capacity[1]}"
 
 
+def capacity_axis(label: str) -> str:
+    """The axis a capacity label names ("model_channels=32" -> "model_channels")."""
+    return label.rsplit("=", 1)[0]
+
+
 def capacity_number(label: str) -> float | None:
     """The value a capacity label names, where it is a number ("model_channels=32" -> 32.0), else None."""
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from study.config import StudyConfig
 from study.contract import Phase, Role, Status
-from study.phases.cells import capacity_label, capacity_number, capacity_values
+from study.phases.cells import capacity_axis, capacity_label, capacity_number, capacity_values
 from study.phases.suggestion import Suggestion
 from study.report.formatting import model_interval, number
 from study.report.scaling import metric_name
@@ -58,7 +58,7 @@ def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
             "by_kimg": design_summary.by_kimg(trials, reference, slope),
             "cost": design_summary.cost(trials, total),
             "fid_cost": design_summary.fid_cost(trials, reference),
-            "placements": [{"arm": t.arm, "images": t.images, "round": t.round, "memorization_max": max(m for _, m in t.points),
+            "placements": [{"arm": t.arm, "images": t.images, "round": t.round, "memorization_max": t.memorization_max,
                             "censored": t.last_kimg < total - 1e-6} for t in trials]}
 
 
@@ -140,7 +140,7 @@ def _trend_lines(finals: dict[str, dict], arms: list[str]) -> list[str]:
     values = {capacity: capacity_number(capacity) for capacity in finals}
     if None in values.values():
         return []
-    axis = next(iter(finals)).rsplit("=", 1)[0]
+    axis = capacity_axis(next(iter(finals)))
     quantities = [(f"N50 of {a}", "per_arm", "n50", a) for a in [Role.BASELINE.value, *arms]]
     quantities += [(f"Data multiplier of {a}", "multipliers", "data_multiplier", a) for a in arms]
     lines = []

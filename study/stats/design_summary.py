@@ -18,6 +18,8 @@ from scipy import stats
 
 from study.stats import memorization_model as model
 
+Z95 = float(stats.norm.ppf(0.975))
+
 
 @dataclass(frozen=True)
 class DesignTrial:
@@ -30,6 +32,10 @@ class DesignTrial:
     last_kimg: float  # where it stopped (its budget, or earlier when decided)
     samples: int = 256
     best_fid_test: float | None = None  # the best held-out FID over its eval points
+
+    @property
+    def memorization_max(self) -> float:
+        return max(m for _, m in self.points)
 
     def observation(self, kimg: float) -> model.Observation | None:
         """Its memorization_max up to `kimg`: exact if it trained that far, else right-censored."""
@@ -101,7 +107,7 @@ def fid_cost(trials: Sequence[DesignTrial], reference: str) -> list[dict]:
     c_arm with a t interval on the residual degrees of freedom. Empty where an arm or the residual has no trial, or
     where each arm's uncopied trials sit at one size (size and arm cannot then be told apart)."""
     clean = [t for t in trials if t.best_fid_test is not None and np.isfinite(t.best_fid_test)
-             and max(m for _, m in t.points) == 0.0]
+             and t.memorization_max == 0.0]
     arms = [a for a in sorted({t.arm for t in clean}) if a != reference]
     if not arms or not any(t.arm == reference for t in clean):
         return []
@@ -125,7 +131,7 @@ def trend_per_doubling(points: Sequence[tuple[float, float, float, float]]) -> d
     (capacity, value, low, high) with 95% intervals on the log scale: log value = a + b log2 capacity, inverse-variance
     weighted least squares, returned as the factor exp(b) with a 95% interval.
 
-    Each estimate's SE is its log interval's half-width / 1.96: at least its Wald SE, as the model's intervals use
+    Each estimate's SE is its log interval's half-width / 1.96 (Z95): at least its Wald SE, as the model's intervals use
     t quantiles. Scatter beyond those SEs widens the interval by the Pearson dispersion (at least 1), as the model's
     own intervals are widened. None with fewer than three two-sided estimates."""
     usable = [(c, v, lo, hi) for c, v, lo, hi in points if None not in (v, lo, hi) and c > 0 and lo > 0]
@@ -133,12 +139,12 @@ def trend_per_doubling(points: Sequence[tuple[float, float, float, float]]) -> d
         return None
     x = np.log2([c for c, *_ in usable])
     y = np.log([v for _, v, *_ in usable])
-    weights = (2 * 1.959964 / np.log([hi / lo for *_, lo, hi in usable])) ** 2
+    weights = (2 * Z95 / np.log([hi / lo for *_, lo, hi in usable])) ** 2
     centred = x - np.average(x, weights=weights)
     slope_var = 1 / np.sum(weights * centred**2)
     slope = float(np.sum(weights * centred * y) * slope_var)
     intercept = np.average(y - slope * x, weights=weights)
     dispersion = max(1.0, float(np.sum(weights * (y - intercept - slope * x) ** 2)) / (len(usable) - 2))
-    half = 1.959964 * np.sqrt(slope_var * dispersion)
+    half = Z95 * np.sqrt(slope_var * dispersion)
     return {"factor_per_doubling": math.exp(slope), "low": math.exp(slope - half), "high": math.exp(slope + half),
             "estimates": len(usable), "dispersion": dispersion}

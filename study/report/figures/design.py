@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.phases.cells import capacity_number
+from study.phases.cells import capacity_axis, capacity_number
 from study.report.figures.base import arm_colors, figure, log_ticks, no_data, save
 
 
@@ -66,13 +66,13 @@ def _log_count_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
 
 
-def _kimg_panels(axes, summary: dict, colors: dict) -> None:
-    rows = summary["by_kimg"]
+def _estimate_panels(axes, rows: list[dict], colors: dict, x: str) -> None:
+    """N50 per arm (log scale) above each multiplier, against `x` (kimg or capacity), two-sided intervals only."""
     arms = sorted({e["arm"] for row in rows for e in row.get("per_arm", [])})
     for arm in arms:
-        xs, ys, errors = _estimate_points(rows, "per_arm", arm, "n50")
+        xs, ys, errors = _estimate_points(rows, "per_arm", arm, "n50", x)
         axes[0].errorbar(xs, ys, yerr=errors, marker="o", capsize=3, color=colors[arm], label=f"N50 {arm}")
-        xs, ys, errors = _estimate_points(rows, "multipliers", arm, "data_multiplier")
+        xs, ys, errors = _estimate_points(rows, "multipliers", arm, "data_multiplier", x)
         if xs:
             axes[1].errorbar(xs, ys, yerr=errors, marker="s", capsize=3, color=colors[arm], label=arm)
     if axes[0].has_data():
@@ -80,14 +80,23 @@ def _kimg_panels(axes, summary: dict, colors: dict) -> None:
     axes[0].set_ylabel("N50 (training images)")
     axes[1].set_ylabel("data multiplier")
     axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
+
+
+def _finish(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    no_data(ax)
+
+
+def _kimg_panels(axes, summary: dict, colors: dict) -> None:
+    rows = summary["by_kimg"]
+    _estimate_panels(axes, rows, colors, "kimg")
     kimgs = [row["kimg"] for row in rows]
     for ax in axes:
         if kimgs:
             log_ticks(ax, kimgs, [f"{k:.3g}" for k in kimgs])
             ax.set_xlim(min(kimgs) / 1.25, max(kimgs) * 1.25)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        no_data(ax)
+        _finish(ax)
     axes[1].set_xlabel("kimg trained")
 
 
@@ -109,25 +118,10 @@ def capacity_figure(summaries: dict[str, dict], folder: Path) -> list[Path]:
         return []
     colors = arm_colors([p["arm"] for s in summaries.values() for p in s["placements"]])
     fig, axes = figure(1, 2, figsize=(10, 4))
-    arms = sorted({e["arm"] for row in rows for e in row.get("per_arm", [])})
-    panels = ((axes[0], "per_arm", "n50", "o", "N50 "), (axes[1], "multipliers", "data_multiplier", "s", ""))
-    for arm in arms:
-        for ax, key, name, marker, prefix in panels:
-            xs, ys, errors = _estimate_points(rows, key, arm, name, "capacity")
-            if xs:
-                ax.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3, color=colors[arm], label=prefix + arm)
-    if axes[0].has_data():
-        _log_count_axis(axes[0])
-    axes[0].set_ylabel("N50 (training images)")
-    axes[1].set_ylabel("data multiplier")
-    axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
+    _estimate_panels(axes, rows, colors, "capacity")
     values = sorted(row["capacity"] for row in rows)
-    name = next(iter(summaries)).rsplit("=", 1)[0]
     for ax in axes:
         log_ticks(ax, values, [f"{v:g}" for v in values])
-        ax.set_xlabel(name)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        no_data(ax)
+        ax.set_xlabel(capacity_axis(next(iter(summaries))))
+        _finish(ax)
     return [save(fig, folder / "capacity.png")]
-
