@@ -127,3 +127,32 @@ def test_an_arm_is_never_starved_when_there_are_more_arms_than_slots():
         del TRUTH["other"]
     first_four = [s.role for s in placed[:4]]
     assert {"baseline", "scoreaug_fixed", "other"} <= set(first_four), first_four
+
+
+def test_an_arm_whose_every_trial_fails_stops_being_placed_and_the_rest_goes_on():
+    """Every trial of one arm diverges: after ARM_FAILURE_LIMIT failures it is no longer placed, the other two arms
+    still reach their answer, and the ledger replay (design_finished) agrees that the design is over."""
+    from study.phases.adaptive import ARM_FAILURE_LIMIT
+
+    config = _config("confirm.arms={scoreaug_fixed: {score_augment.p: 0.5}, broken: {score_augment.p: 0.3}}")
+    plan = design_plan(config, concurrency=2)
+    searcher, records, number, live = AdaptiveSearcher(config, plan), {}, 0, []
+    while True:
+        while len(live) < 2 and (suggested := searcher.suggest(f"t{number}")) not in (None, searcher.FINISHED):
+            live.append((f"t{number}", Suggestion.from_tune(suggested)))
+            number += 1
+        if not live:
+            break
+        trial_id, s = live.pop(0)
+        m = _memorization(s) if s.role != "broken" else None
+        result = {"kimg": 0.5, "error_kind": "diverged", "error": "loss is nan"} if m is None else \
+            {"kimg": 10.0 if m >= 0.9 else TOTAL_KIMG, "memorization": m}
+        searcher.on_trial_complete(trial_id, result)
+        status = "diverged" if m is None else ("completed" if result["kimg"] == TOTAL_KIMG else "early_stopped")
+        records[trial_id] = {"started": len(records), "suggestion": s.to_tune(), "status": status,
+                             "history": [] if m is None else [result], "last_result": result}
+    roles = [Suggestion.from_tune(r["suggestion"]).role for r in records.values()]
+    assert roles.count("broken") == ARM_FAILURE_LIMIT
+    assert roles.count("baseline") >= 2 and roles.count("scoreaug_fixed") >= 2
+    assert searcher.finished and searcher.capacities[0].given_up() == {"broken"}
+    assert design_finished(config, plan, records)

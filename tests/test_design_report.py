@@ -153,3 +153,22 @@ def test_the_capacity_table_says_how_the_multiplier_changes_per_doubling():
     low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(", "))
     assert low < 1.0 < high  # the truth: the same multiplier, 2.4, at every width
     assert any(line.startswith("- N50 of baseline per doubling of model_channels: x") for line in lines)
+
+
+def test_an_arm_whose_every_trial_failed_is_named_in_the_headline_with_its_reason():
+    from study.phases.suggestion import Suggestion
+    from study.report.design import failed_arms, failed_arm_line
+    from study.report.headline import design_headline
+
+    def record(role: str, status: str, reason: str = "") -> dict:
+        suggestion = Suggestion(cell=f"n{20}", regime_fraction=None, images=20, role=role)
+        return {"phase": "design", "suggestion": suggestion.to_tune(), "status": status, "reason": reason}
+
+    records = [record("baseline", "completed"), record("broken", "diverged", "loss is nan at kimg 0.1"),
+               record("broken", "diverged", "loss is nan at kimg 0.1"), record("scoreaug_fixed", "failed", "x"),
+               record("scoreaug_fixed", "completed")]
+    [entry] = failed_arms(records, "")
+    assert entry == {"arm": "broken", "trials": 2, "reason": "diverged: loss is nan at kimg 0.1"}
+    summary = {"final": None, "cost": {}, "failed_arms": [entry]}
+    assert design_headline({"": summary}) == [failed_arm_line(entry)]
+    assert failed_arm_line(entry).startswith("broken: no N50: all 2 of its trials failed (diverged: loss is nan")

@@ -127,3 +127,24 @@ def test_a_deterministic_trial_error_is_not_retried_and_the_study_exits_non_zero
     assert "no ScoreAug trial completed its full budget" in captured.out
     assert json.loads((output / "study_state.json").read_text())["phase"] == "done"
     assert not records_file(output, "confirm").exists()
+
+
+def test_a_resumed_progress_line_counts_the_trials_that_ended_before_the_resume(tmp_path, capsys):
+    """Tune restores the progress callback as it was built, with no trial seen: it counts the phase's trials from
+    the ledger when the resumed run starts, so the line says 3/4 after the third trial, not 1/4."""
+    ledger = Ledger(tmp_path / "trials_design.jsonl")
+    for number, images in enumerate((10, 40)):
+        suggestion = Suggestion(cell=f"n{images}", regime_fraction=1.0, images=images, role="baseline")
+        ledger.open(f"t{number}", "design", suggestion, {}, {})
+        ledger.add_point(f"t{number}", {"kimg": TOTAL, "memorization": 0.5 + number / 4})
+        ledger.finish(f"t{number}", False, "", TOTAL, 0.1)
+    progress = ProgressCallback("design", 4, "memorization", TOTAL, ledger_path=ledger.path)
+    progress.setup()
+    trial = Trial("scoreaug_trial", config=Suggestion(cell="n10", regime_fraction=1.0, images=10, role="baseline").to_tune(),
+                  trial_id="t2", stub=True)
+    trial.run_metadata.last_result = {"kimg": TOTAL, "memorization": 1.0}
+    progress.on_trial_start(0, [], trial)
+    progress.on_trial_result(0, [], trial, {"kimg": TOTAL, "memorization": 1.0})
+    progress.on_trial_complete(0, [], trial)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[design 3/4 |") and "n10: 2 done" in line and "baseline copies 0.75" in line, line

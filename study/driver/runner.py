@@ -13,6 +13,7 @@ from study.contract import TRIAL_PHASES, FailureSummary, Phase, study_phases, su
 from study.driver.plan import describe, make_plan
 from study.driver.preflight import check_study
 from study.driver.ray_cluster import cluster_nodes, planning_nodes, runs_remotely, start_ray
+from study.driver.signals import forward_sigterm, sigterm_as_sigint
 from study.driver.state import StudyError, forget_state, held_output, load_state
 from study.driver.trainable import make_trainable
 from study.driver.study_run import StudyRun
@@ -28,7 +29,7 @@ __all__ = ["PhaseInterrupted", "StudyError", "run_study", "study_failures"]
 def run_study(config: StudyConfig, address: str | None = None, resume: bool = False, log=print) -> Path:
     """Run (or resume) the whole study; returns the output folder."""
     check_study(config, on_this_machine=not runs_remotely(config, address))
-    with held_output(config, log) as output:
+    with sigterm_as_sigint(), held_output(config, log) as output:
         state = load_state(output, config, resume)
         tracking = open_study_tracking(config, output, state.get("parent_run_id"))
         run = StudyRun(config, output, state, tracking, address, resume)
@@ -54,6 +55,7 @@ def _run_phases(run: StudyRun, log) -> None:
     run.tracking.log_config(config, run.output)
     log(describe(config, plan))
     started_ray = start_ray(config, run.address, plan.concurrency, log)
+    forward_sigterm()  # ray.init replaced the handler with its own
     try:
         if not config.resources.autoscaling:
             plan = make_plan(config, cluster_nodes())

@@ -21,7 +21,7 @@ def run_phase(run: StudyRun, spec: PhaseSpec, trainable, concurrency: int) -> No
     config = run.config
     MlflowTrialCallback.resume_parent = run.tracking.parent
     tracker = phase_callback(run.tracking.parent, config, run.output, spec.phase)
-    callbacks = [tracker, ProgressCallback.for_study(config, spec)]
+    callbacks = [tracker, ProgressCallback.for_study(config, spec, tracker.ledger.path)]
     _tuner(run, spec, trainable, callbacks, concurrency).fit()
     records = load_records(run.output, spec.phase)
     if not spec.ended(records):

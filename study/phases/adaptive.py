@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ray.tune.search import Searcher
 from threadpoolctl import threadpool_limits
@@ -28,6 +28,9 @@ from trainables.catalog import DATASETS
 from trainables.data import pool_size
 
 Capacity = tuple[str, object] | None
+# An arm whose trials all fail (they diverge, say) tells nothing about memorization: after this many failures and
+# no trial that ended with a value, the design stops placing it, and the report says why it has no N50.
+ARM_FAILURE_LIMIT = 2
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,21 @@ class CapacityDesign:
     kimg: list[float] = field(default_factory=list)  # each ended trial's; summed exactly, in any order
     failed: int = 0  # trials that ended without a memorization value: they count against the trial budget
     stopped: str | None = None  # why it needs no more trials
+    failed_arms: tuple[str, ...] = ()  # the arm of each failed trial (a plain default: older pickles lack it)
+
+    def given_up(self) -> set[str]:
+        """Arms that failed ARM_FAILURE_LIMIT trials and never ended one with a value: no longer placed."""
+        succeeded = {o.arm for o in self.observations}
+        return {arm for arm in set(self.failed_arms) - succeeded if self.failed_arms.count(arm) >= ARM_FAILURE_LIMIT}
 
     def state(self, design: Design, running: list[Placement]) -> State:
-        """The design's view, observations in one canonical order: the same trials give the same fit, bit for bit,
-        whichever order they ended in."""
+        """The design's view of the arms still placed (the reference always, which the searcher checks itself),
+        observations in one canonical order: the same trials give the same fit, bit for bit, whichever order they
+        ended in."""
+        given_up = self.given_up() - {design.reference}
+        arms = tuple(arm for arm in design.arms if arm not in given_up)
         ordered = sorted(self.observations, key=lambda o: (o.arm, o.images, o.memorization, o.censored))
-        return State(design, tuple(ordered), tuple(running))
+        return State(replace(design, arms=arms), tuple(ordered), tuple(running))
 
 
 class AdaptiveSearcher(Searcher):
@@ -128,6 +140,9 @@ class AdaptiveSearcher(Searcher):
             return []
         running = [p for i, p in self.live.values() if i == index]
         state = capacity.state(self.plan.design, running)
+        if state.design.arms == (state.design.reference,) or self.plan.design.reference in capacity.given_up():
+            capacity.stopped = None if running else "every arm but one failed every trial: no multiplier to measure"
+            return []
         with threadpool_limits(1):  # a fit is a tiny problem: BLAS threads made it 9x slower (docs/adaptive_design.md)
             fit = model.fit(state.observations, slope=self.plan.design.slope) if state.observations else None
         budget = self.plan.rule.max_trials - len(state.observations) - capacity.failed - len(running)
@@ -157,6 +172,7 @@ class AdaptiveSearcher(Searcher):
         maximum = self.maxima.pop(trial_id)
         if error or not result or "error_kind" in result or maximum is None:
             self.capacities[index].failed += 1  # it says nothing about memorization; the design places again
+            self.capacities[index].failed_arms += (placement.arm,)
             return
         kimg = float(result.get("kimg", 0.0))
         capacity = self.capacities[index]

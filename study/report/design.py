@@ -49,6 +49,23 @@ def design_trials(records: list[dict], samples: int) -> dict[str, list[DesignTri
     return trials
 
 
+def failed_arms(records: list[dict], capacity: str) -> list[dict]:
+    """The design's arms at one capacity none of whose trials ended with a memorization value (every one failed):
+    they have no N50, and the report says so instead of leaving them out without a word."""
+    by_arm: dict[str, list[dict]] = {}
+    for record in records:
+        suggestion = Suggestion.from_tune(record["suggestion"])
+        if record["phase"] == Phase.DESIGN and suggestion.capacity == capacity and record.get("status"):
+            by_arm.setdefault(suggestion.role, []).append(record)
+    return [{"arm": arm, "trials": len(mine), "reason": f"{mine[-1]['status']}: {mine[-1].get('reason') or 'no reason'}"[:160]}
+            for arm, mine in by_arm.items() if all(Status(r["status"]).failed for r in mine)]
+
+
+def failed_arm_line(entry: dict, where: str = "") -> str:
+    return (f"{entry['arm']}{where}: no N50: all {entry['trials']} of its trials failed ({entry['reason']}); "
+            "the design stopped placing it")
+
+
 def summarize_design(config: StudyConfig, trials: list[DesignTrial]) -> dict:
     """The final estimates read at the budget's last eval point (a trial stopped before it is censored there)."""
     reference, slope, total = Role.BASELINE.value, config.design.slope, config.trial.train.total_kimg
@@ -89,6 +106,7 @@ def design_markdown(capacity: str, summary: dict) -> str:
         spent = summary["cost"][entry["arm"]]
         lines.append(f"| {entry['arm']} | {spent['trials']} | {number(spent['kimg'])} | {spent['stopped_decided']} "
                      f"| {_estimate(entry, 'n50')} | {_estimate(entry, 'emm')} |")
+    lines += ["", *[f"- {failed_arm_line(entry)}" for entry in summary.get("failed_arms", [])]]
     lines += ["", "| arm | data multiplier (N50 of baseline / its N50) |", "| --- | --- |"]
     lines += [f"| {m['arm']} | {_estimate(m, 'data_multiplier')} |" for m in final["multipliers"]]
     lines += ["", *_fid_cost_lines(summary.get("fid_cost", []))]
@@ -168,6 +186,7 @@ def write_design_report(config: StudyConfig, records: list[dict], folder: Path) 
     for capacity in (label for label in map(capacity_label, capacity_values(config)) if label in by_capacity):
         trials = by_capacity[capacity]
         summary = report.summary[capacity] = summarize_design(config, trials)
+        summary["failed_arms"] = failed_arms(records, capacity)
         report.markdown += design_markdown(capacity, summary) + "\n"
         report.round_metrics += [(row["round"], headline_metrics(row, capacity)) for row in summary["by_round"]]
     if not report.summary:

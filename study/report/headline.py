@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from study.contract import Role
+from study.report.design import failed_arm_line
 from study.report.formatting import interval, model_interval, spread
 
 
@@ -54,4 +55,5 @@ def design_headline(summaries: dict[str, dict]) -> list[str]:
             value = model_interval(entry["data_multiplier"], entry["data_multiplier_low"], entry["data_multiplier_high"],
                                    entry["data_multiplier_bound"])
             lines.append(f"data multiplier of {entry['arm']}{where} (N50 of {entry['reference']} / its N50): {value}")
+        lines += [failed_arm_line(entry, where) for entry in summary.get("failed_arms", [])]
     return lines

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.config import StudyConfig, optuna_url
+from study.faults import FaultPoint, fault_point
 from study.contract import COMPARED_METRICS, REPORTED_METRICS, TRIAL_PHASES, UNFINISHED, Phase, Role, Status, status_counts
 from study.phases.suggestion import Suggestion
 from study.report.cost import cost_markdown
@@ -243,6 +244,7 @@ def write_report(config: StudyConfig, output: Path) -> StudyReport:
     records = _records(output)
     rows = results_rows(config, records, pool_size(config.trial.dataset, config.trial.data_path))
     pq.write_table(_table(rows), output / "results.parquet")
+    fault_point(FaultPoint.REPORT_WRITING)
     report = output / "report"
     report.mkdir(exist_ok=True)
     scaling = write_scaling_report(config, output, rows, records)

@@ -25,3 +25,11 @@ class RunningMax:
 
     def pop(self, trial_id: str) -> float | None:
         return self.values.pop(trial_id, None)
+
+    @classmethod
+    def of(cls, results, metric: str = "memorization") -> float | None:
+        """The largest finite value of `metric` over one trial's results (its ledger history, say)."""
+        running = cls(metric)
+        for result in results:
+            running.update("", result)
+        return running.get("")

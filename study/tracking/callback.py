@@ -16,11 +16,13 @@ from pathlib import Path
 from ray.tune import Callback
 
 from study.config import StudyConfig
+from study.faults import FaultPoint, fault_point
 from study.phases.suggestion import Suggestion
-from study.tracking.calls import CallQueue, CreateRun, LogArtifact, LogBatch, Terminate
+from study.tracking.calls import CreateRun, LogArtifact, LogBatch, Terminate
 from study.tracking.ledger import Ledger, records_file
+from study.tracking.lost import close_lost_trials
 from study.tracking.records import closing_batch, metric_batch, param_batches, run_status, run_tags, trial_params
-from study.tracking.replay import holdings, logged_steps, replay_calls
+from study.tracking.replay import replay_queue
 from study.tracking.run_writer import ParentRun, RunWriter
 from study.tracking.sample_grids import copy_grids
 
@@ -69,15 +71,15 @@ class MlflowTrialCallback(Callback):
         self._start_queue()
 
     def _start_queue(self) -> None:
-        """A fresh queue, filled with what the ledger holds and MLflow lacks (nothing, for a new phase)."""
-        self.queue = CallQueue(self.writer)
-        self.logged: dict[str, set[int]] = {}  # per trial, the eval points MLflow holds or the replay queued
-        for trial_id, record in self.ledger.records.items():
-            if not record.get("closed"):
-                held = holdings(self.writer.client, record, self.writer.parent.uri)
-                self.logged[trial_id] = logged_steps(record, held)
-                for call in replay_calls(record, held):
-                    self.queue.queue(trial_id, call)
+        """A fresh queue of what MLflow lacks of the ledger; lost trials are looked for at the next first step."""
+        self.queue, self.logged = replay_queue(self.writer, self.ledger)
+        self.lost_checked = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        """At a Tune run's first step its restored trials are all there: a record none of them holds is lost."""
+        if not self.lost_checked:
+            self.lost_checked = True
+            close_lost_trials(self.ledger, self.queue, (trial.trial_id for trial in trials))
 
     def _open(self, trial) -> None:
         """On first sight of a trial: its record, and its run created (or queued, during an outage) with its params."""
@@ -89,6 +91,7 @@ class MlflowTrialCallback(Callback):
         self.ledger.open(trial.trial_id, self.phase, suggestion, params, tags)
         for call in [CreateRun()] + [LogBatch(batch) for batch in param_batches(params)]:
             self.queue.call(trial.trial_id, call)
+        fault_point(FaultPoint.TRIAL_OPENED)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._open(trial)
@@ -101,6 +104,7 @@ class MlflowTrialCallback(Callback):
         step = self.ledger.add_point(trial.trial_id, result)
         if step is None:
             return
+        fault_point(FaultPoint.RESULT_RECORDED)
         if step not in self.logged.get(trial.trial_id, ()):  # logged by a driver killed before it saved it
             self.queue.call(trial.trial_id, LogBatch(metric_batch(result, step)))
         for local, artifact_dir in copy_grids(trial, result, self.samples_dir, step):
@@ -121,10 +125,13 @@ class MlflowTrialCallback(Callback):
     def on_experiment_end(self, trials, **info):
         self.queue.flush()
         if self.queue.pending:
-            runs = len({trial_id for trial_id, _ in self.queue.pending})
-            log.warning("MLflow at %s is unreachable: %d tracking calls for %d trial run(s) of the %s phase are not "
-                        "made; their metrics are in %s", self.writer.parent.uri, len(self.queue.pending), runs,
-                        self.phase, self.ledger.path)
+            _warn_unmade(self.queue, self.writer.parent.uri, self.phase, self.ledger.path)
+
+
+def _warn_unmade(queue, uri: str, phase: str, ledger_path: Path) -> None:
+    runs = len({trial_id for trial_id, _ in queue.pending})
+    log.warning("MLflow at %s is unreachable: %d tracking calls for %d trial run(s) of the %s phase are not made; "
+                "their metrics are in %s", uri, len(queue.pending), runs, phase, ledger_path)
 
 
 def phase_callback(parent: ParentRun, config: StudyConfig, output: Path, phase: str) -> MlflowTrialCallback:

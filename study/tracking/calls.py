@@ -35,7 +35,13 @@ class Terminate:
     status: str  # the MLflow run status
 
 
-Call = CreateRun | LogBatch | LogArtifact | Terminate
+@dataclass(frozen=True)
+class Discard:
+    """Close and delete a lost trial's run, if it was ever made (tracking/lost.py): the trial runs again under a
+    new id and run, so the UI shows one run per trial. MLflow keeps a deleted run restorable."""
+
+
+Call = CreateRun | LogBatch | LogArtifact | Terminate | Discard
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -66,6 +72,10 @@ class CallQueue:
 
     def queue(self, trial_id: str, call: Call) -> None:
         self.pending.append((trial_id, call))
+
+    def drop(self, trial_id: str) -> None:
+        """Forget the calls waiting for one trial (a lost one, whose run is discarded instead)."""
+        self.pending = [(queued_id, call) for queued_id, call in self.pending if queued_id != trial_id]
 
     def flush(self) -> None:
         while self.pending and self._try(*self.pending[0]):

@@ -8,6 +8,11 @@ a trial's end is also fsync'd, so a host crash loses at most the events since th
 are rebuilt by replaying the lines; a line torn by a killed driver is ignored, and the next driver starts a new
 line after it.
 
+A trial the ledger opened but Tune never saved (the driver was killed between the two) is *lost*: a `lost` line
+moves its record out of the phase's records into `Ledger.lost`, so nothing that reads the records (the phase's end,
+the design's replay, the results, the failure count) waits on or counts a trial no one will finish; its searcher,
+restored from Tune's state, places it again under a new id (tracking/lost.py decides which records are lost).
+
 Study folders from before the log hold one JSON dict (`trials_<phase>.json`, or `mlflow_runs_<phase>.json` for
 the oldest): they are read as they are, and the first event a resumed driver records converts them once: their
 records become the log's first lines (written atomically), and the old file is left untouched, no longer read.
@@ -41,6 +46,7 @@ def records_file(output: Path, phase: str) -> Path:
 
 
 def load_records(output: Path, phase: str) -> dict[str, dict]:
+    """The phase's records, keyed by Tune trial id; lost trials are not among them."""
     return _read(Path(output) / LOG_NAME.format(phase=phase))[0]
 
 
@@ -60,34 +66,40 @@ def _legacy_files(log: Path) -> list[Path]:
     return files
 
 
-def _read(log: Path) -> tuple[dict[str, dict], bool]:
-    """The records, and whether they come from a legacy JSON file (not yet converted to the log)."""
+def _read(log: Path) -> tuple[dict[str, dict], dict[str, dict], bool]:
+    """The records, the lost ones, and whether they come from a legacy JSON file (not yet converted to the log)."""
     if log.exists():
-        return replay(log.read_text().splitlines()), False
+        return *replay(log.read_text().splitlines()), False
     for legacy in _legacy_files(log):
         if legacy.exists():
-            return json.loads(legacy.read_text()), True
-    return {}, False
+            return json.loads(legacy.read_text()), {}, True
+    return {}, {}, False
 
 
-def replay(lines) -> dict[str, dict]:
-    """The records the log's lines build; a line that does not parse (torn by a killed driver) is skipped."""
+def replay(lines) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The records the log's lines build, and the lost ones; a line that does not parse (torn by a killed driver)
+    is skipped."""
     records: dict[str, dict] = {}
+    lost: dict[str, dict] = {}
     for line in lines:
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        _apply(records, event)
-    return records
+        _apply(records, lost, event)
+    return records, lost
 
 
-def _apply(records: dict[str, dict], event: dict) -> None:
+def _apply(records: dict[str, dict], lost: dict[str, dict], event: dict) -> None:
     """One event on the records: the same code builds them in memory and on reload, so both are alike."""
     if event["e"] == "open":
         records[event["id"]] = event["r"]
         return
-    record = records.get(event["id"])
+    if event["e"] == "lost":
+        if event["id"] in records:
+            lost[event["id"]] = {**records.pop(event["id"]), "lost": event["why"]}
+        return
+    record = records.get(event["id"]) or lost.get(event["id"])
     if record is None:  # its open line was torn: the driver that wrote it died at once
         return
     if event["e"] == "point":
@@ -138,12 +150,12 @@ class Ledger:
         self.reload()
 
     def reload(self) -> None:
-        self.records, self._legacy = _read(self.path)
+        self.records, self.lost, self._legacy = _read(self.path)
         self._check_tail = True  # the last line may be torn: the first append starts a new one if so
 
     def _record(self, event: dict, sync: bool = False) -> None:
         """Append the event to the log as one line, then apply it to the records."""
-        if event["e"] != "open" and event["id"] not in self.records:
+        if event["e"] != "open" and event["id"] not in self.records and event["id"] not in self.lost:
             raise KeyError(event["id"])
         line = _line(event)
         if self._legacy:
@@ -159,7 +171,7 @@ class Ledger:
             if sync:
                 os.fsync(log.fileno())
         self._check_tail = False
-        _apply(self.records, event)
+        _apply(self.records, self.lost, event)
 
     def _convert(self) -> None:
         """The earlier driver's JSON dict becomes the log's first lines, once, before the first new event."""
@@ -203,3 +215,8 @@ class Ledger:
 
     def mark(self, trial_id: str, **fields) -> None:
         self._record({"e": "mark", "id": trial_id, "set": fields})
+
+    def lose(self, trial_id: str, why: str) -> None:
+        """The trial will never run under this id: its record leaves the phase's records for `lost` (fsync'd, as
+        an end is)."""
+        self._record({"e": "lost", "id": trial_id, "why": why}, sync=True)

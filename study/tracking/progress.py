@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -13,11 +14,14 @@ from study.config import StudyConfig
 from study.contract import Status, trial_status
 from study.phases.suggestion import Suggestion
 from study.stats.running_max import RunningMax
+from study.tracking.ledger import Ledger
 
 
 class ProgressCallback(Callback):
-    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, mode: str = "min"):
+    def __init__(self, phase: str, total_trials: int, metric: str, total_kimg: float, mode: str = "min",
+                 ledger_path: Path | None = None):
         self.phase, self.total, self.metric, self.total_kimg = phase, total_trials, metric, total_kimg
+        self.ledger_path = ledger_path
         self.better = min if mode == "min" else max
         self.started = time.time()
         self.running: dict[str, str] = {}
@@ -27,10 +31,20 @@ class ProgressCallback(Callback):
         self._maxima = RunningMax()
 
     @classmethod
-    def for_study(cls, config: StudyConfig, spec) -> ProgressCallback:
+    def for_study(cls, config: StudyConfig, spec, ledger_path: Path | None = None) -> ProgressCallback:
         """A scaling study (sizes as image counts, or placed by a design) shows memorization per arm; a search its metric."""
         metric = "memorization" if isinstance(config.regimes, dict) or config.design else config.search.objective_names[0]
-        return cls(spec.phase, spec.trials, metric, config.trial.train.total_kimg, config.search.mode)
+        return cls(spec.phase, spec.trials, metric, config.trial.train.total_kimg, config.search.mode, ledger_path)
+
+    def setup(self, **info):
+        """At the start of every Tune run of the phase, a resumed one included (Tune restores this callback as it was
+        built, before any trial): the trials that ended before, from the ledger, so the counts cover the phase."""
+        if self.ledger_path is None:
+            return
+        for trial_id, record in Ledger(self.ledger_path).records.items():
+            if record.get("status") and trial_id not in self.finished:
+                self._count(trial_id, Suggestion.from_tune(record["suggestion"]), Status(record["status"]),
+                            RunningMax.of(record["history"]))
 
     def _cell_line(self, cell: str) -> str:
         outcomes = [f["status"] for f in self.finished.values() if f["cell"] == cell]
@@ -62,14 +76,15 @@ class ProgressCallback(Callback):
             cell = Suggestion.from_tune(trial.config).cell
             self.best[cell] = self.better(self.best.get(cell, value), value)
 
-    def _end(self, trial, errored: bool) -> None:
-        suggestion = Suggestion.from_tune(trial.config)
-        self.running.pop(trial.trial_id, None)
-        status = trial_status(trial.last_result, errored, self.total_kimg)
-        self.finished[trial.trial_id] = {"cell": suggestion.cell, "status": status}
-        maximum = self._maxima.pop(trial.trial_id)
+    def _count(self, trial_id: str, suggestion: Suggestion, status: Status, maximum: float | None) -> None:
+        self.finished[trial_id] = {"cell": suggestion.cell, "status": status}
         if maximum is not None:
             self.memorization.setdefault(suggestion.cell, {}).setdefault(suggestion.role, []).append(maximum)
+
+    def _end(self, trial, errored: bool) -> None:
+        self.running.pop(trial.trial_id, None)
+        status = trial_status(trial.last_result, errored, self.total_kimg)
+        self._count(trial.trial_id, Suggestion.from_tune(trial.config), status, self._maxima.pop(trial.trial_id))
         print(self._line(), file=sys.stdout, flush=True)  # looked up per call: Tune pickles callbacks
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from study.tracking.calls import Call, CreateRun, LogBatch, Terminate, transient_errors
+from study.tracking.calls import Call, CallQueue, CreateRun, Discard, LogBatch, Terminate, transient_errors
 from study.tracking.ledger import nimg_step
 from study.tracking.records import closing_batch, metric_batch, param_batches, run_status
 
@@ -54,6 +54,22 @@ def replay_calls(record: dict, held: Holdings) -> list[Call]:
     if record.get("status") and not held.terminated:
         calls += [LogBatch(closing_batch(record)), Terminate(run_status(record["status"]))]
     return calls
+
+
+def replay_queue(writer, ledger) -> tuple[CallQueue, dict[str, set[int]]]:
+    """A queue filled with what the ledger holds and MLflow lacks (nothing, for a new phase), lost trials' runs to
+    discard included; and, per trial, the eval points MLflow holds or the replay queued."""
+    queue, logged = CallQueue(writer), {}
+    for trial_id, record in ledger.records.items():
+        if not record.get("closed"):
+            held = holdings(writer.client, record, writer.parent.uri)
+            logged[trial_id] = logged_steps(record, held)
+            for call in replay_calls(record, held):
+                queue.queue(trial_id, call)
+    for trial_id, record in ledger.lost.items():
+        if not record.get("closed"):
+            queue.queue(trial_id, Discard())
+    return queue, logged
 
 
 def logged_steps(record: dict, held: Holdings) -> set[int]:

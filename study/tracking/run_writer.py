@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from study.tracking.calls import Call, CreateRun, LogArtifact, LogBatch, Terminate
+from study.tracking.calls import Call, CreateRun, Discard, LogArtifact, LogBatch, Terminate
 from study.tracking.ledger import Ledger
 
 
@@ -36,7 +36,7 @@ class RunWriter:
         return {**self.__dict__, "_client": None}  # Tune pickles callbacks; a client does not travel
 
     def __call__(self, trial_id: str, call: Call) -> None:
-        record = self.ledger.records[trial_id]
+        record = self.ledger.records.get(trial_id) or self.ledger.lost[trial_id]
         if isinstance(call, CreateRun):
             run = self._found_run(record) if call.find_first else None
             run = run or self.client.create_run(self.parent.experiment_id, run_name=record["run_name"], tags=record["tags"])
@@ -49,6 +49,12 @@ class RunWriter:
         elif isinstance(call, Terminate):
             self.client.set_terminated(record["run_id"], call.status)
             self.ledger.mark(trial_id, closed=True)  # everything of this run is in MLflow: a resumed driver skips it
+        elif isinstance(call, Discard):
+            run = self.client.get_run(record["run_id"]) if record.get("run_id") else self._found_run(record)
+            if run is not None and run.info.lifecycle_stage != "deleted":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
+            self.ledger.mark(trial_id, closed=True)
 
     def _found_run(self, record: dict):
         """The run a killed driver made and died before saving its id, found by its tags."""

@@ -1,0 +1,45 @@
+"""SIGTERM stops a study as SIGINT does: Tune saves its experiment, the driver exits 130 and says to --resume.
+
+SIGTERM is how clusters stop programs: Slurm's `scancel` and time limit, systemd, `docker stop`, `kill`. Ray's
+driver handler for it exits mid-loop (exit 15, often a C++ stack dump and 134), before Tune saves anything. Here
+the first SIGTERM is handed to whatever handles SIGINT at that moment: inside a Tune run that is Tune's handler,
+which ends the run after saving its state; elsewhere it raises KeyboardInterrupt, which run.py turns into exit 130.
+Later SIGTERMs are ignored: `scancel` signals every process of the job and the batch script passes the signal on,
+so the driver may get it twice, and a second SIGINT would skip Tune's save.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+
+def forward_sigterm() -> None:
+    """Install the handler (again: `ray.init` puts its own in place). Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    received = []
+
+    def as_sigint(signum, frame):
+        if received:
+            return
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIG_IGN or SIG_DFL: nothing of ours handles SIGINT, so stop as Ctrl-C does
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, as_sigint)
+
+
+@contextmanager
+def sigterm_as_sigint():
+    """While the study runs, SIGTERM stops it as SIGINT does; the handler before is put back after."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    forward_sigterm()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
