@@ -1,17 +1,23 @@
-"""Fault injection for the tests: the driver signals itself at a named point, so a test kills it exactly there.
+"""Fault injection for the tests: the driver stops, or is killed, at a named point, so a test acts exactly there.
 
-`SCOREAUG_FAULT=<point>:<SIGNAL>[:<n>]` (e.g. `trial_opened:SIGKILL:2`) sends SIGNAL to the driver's own process
-the n-th time (default 1) it passes `point`. A kill test then waits for an event (the process's exit), never for a
-duration, and cannot miss its window. Unset, a fault point costs one dictionary lookup.
+`SCOREAUG_FAULT=<point>:<action>:<n>[,...]` acts the n-th time the driver passes `point`. The action is a signal
+name (`SIGKILL`, `SIGTERM`, ...), sent to the driver's own process, or `HOLD`: the driver writes
+`held-<point>-<n>` in `SCOREAUG_FAULT_DIR` and waits there until the test writes `go-<point>-<n>` (to stop a
+tracking server under it, say). A test then waits for events (a file, the process's exit), never for a
+duration, and cannot miss its window. Unset, a fault point costs one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from enum import StrEnum
+from pathlib import Path
 
 ENV = "SCOREAUG_FAULT"
+DIR_ENV = "SCOREAUG_FAULT_DIR"
+HOLD = "HOLD"
 
 
 class FaultPoint(StrEnum):
@@ -24,11 +30,19 @@ _passes: dict[str, int] = {}
 
 
 def fault_point(point: FaultPoint) -> None:
-    """Signal this process if SCOREAUG_FAULT names `point` and this is its n-th pass."""
+    """Act on every SCOREAUG_FAULT entry that names `point` at this, its n-th, pass."""
     spec = os.environ.get(ENV)
-    if not spec or not spec.startswith(f"{point}:"):
+    if not spec:
         return
-    _, name, *count = spec.split(":")
-    _passes[point] = _passes.get(point, 0) + 1
-    if _passes[point] == int(count[0] if count else 1):
-        os.kill(os.getpid(), getattr(signal, name))
+    _passes[point] = count = _passes.get(point, 0) + 1
+    for entry in spec.split(","):
+        name, action, n = entry.split(":")
+        if name == point and int(n) == count:
+            _hold(f"{point}-{count}") if action == HOLD else os.kill(os.getpid(), getattr(signal, action))
+
+
+def _hold(label: str) -> None:
+    folder = Path(os.environ[DIR_ENV])
+    (folder / f"held-{label}").touch()
+    while not (folder / f"go-{label}").exists():
+        time.sleep(0.05)  # the test's event: it writes the file when it has acted

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
 from study.driver.runner import run_study
+from study.faults import DIR_ENV, ENV
 from tests.conftest import GRID_CONFIG, ROOT, TINY_TRIAL, free_port, mlflow_server
 
 TIMING_KEYS = {"img_per_sec", "first_step_at", "sample_eval_seconds", "eval_seconds"}
@@ -368,33 +369,32 @@ def test_driver_killed_during_a_tracking_outage_then_resumed_leaves_mlflow_compl
     command = [sys.executable, "study/run.py", "--config", GRID_CONFIG, "--address", address, "--output", str(output), *sum((["--set", s] for s in sets), [])]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
 
-    def points() -> int:
-        return sum(len(r.get("history", [])) for r in _records(output).values())
-
+    # The driver holds at its 2nd eval point until the server is down, then is SIGKILLed at its 5th: 3 points are
+    # queued during the outage whatever the machine's speed (fault points, study/faults.py: events, not timing).
+    env[ENV] = "result_recorded:HOLD:2,result_recorded:SIGKILL:5"
+    env[DIR_ENV] = str(tmp_path)
     with mlflow_server(backend, artifacts, port, tmp_path / "server.log"):
         driver = subprocess.Popen(command, cwd=ROOT, stdout=(tmp_path / "first.log").open("w"), stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.time() + 240
-            while points() < 2:
+            deadline = time.time() + 600
+            while not (tmp_path / "held-result_recorded-2").exists():
                 assert driver.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
-                time.sleep(0.1)
+                time.sleep(0.1)  # polling for the driver's marker file, not waiting a fixed time
         except BaseException:
             driver.kill()
             raise
-    # The server is down (its process group stopped): the driver queues what it cannot log, then dies.
+    # The server is down (its process group stopped): the driver goes on, queues what it cannot log, then dies.
+    (tmp_path / "go-result_recorded-2").touch()
     try:
-        logged_before_outage = points()
-        deadline = time.time() + 240
-        while points() < logged_before_outage + 3:
-            assert driver.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.1)
-        os.kill(driver.pid, signal.SIGKILL)
+        assert driver.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+        assert sum(len(r.get("history", [])) for r in _records(output).values()) == 5
     finally:
         driver.kill()
         driver.wait()
 
     with mlflow_server(backend, artifacts, port, tmp_path / "server.log"):
-        resumed = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+        unfaulted = {k: v for k, v in env.items() if k not in (ENV, DIR_ENV)}
+        resumed = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400, env=unfaulted)
         assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
         client = MlflowClient(tracking_uri=url)
         experiment = client.get_experiment_by_name("killed-driver").experiment_id

@@ -54,7 +54,9 @@ def test_study_run_refuses_a_folder_whose_driver_is_running(tmp_path):
     """`python study/run.py --resume` on a folder another driver holds: exit 2, one line naming the holder, and the
     folder (listing, sizes, modification times) exactly as it was."""
     (tmp_path / "study_state.json").write_text(json.dumps({"name": "demo", "fingerprint": "x", "phase": "design"}))
-    with StudyLease(tmp_path, ttl_s=30):
+    # No heartbeat while the refused driver runs (on a loaded machine it may take longer than one): the listing
+    # must not change because of the holder's own renewal.
+    with StudyLease(tmp_path, ttl_s=30, heartbeat_s=3600):
         before = _listing(tmp_path)
         result = subprocess.run([sys.executable, "study/run.py", "--output", str(tmp_path), "--resume"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)

@@ -63,7 +63,10 @@ def test_a_trial_tune_never_saved_is_closed_as_lost_and_its_run_discarded(tmp_pa
     assert set(again.ledger.records) == {saved.trial_id} and set(again.ledger.lost) == set(lost)
 
 
-def test_only_unended_records_that_tune_does_not_hold_are_lost():
+def test_records_tune_does_not_hold_are_lost_except_a_search_phases_ended_ones():
+    """An ended trial Tune never saved is placed again by a design's or a fixed list's searcher (restored from Tune's
+    state), so its record gives way to the re-run; Optuna was told a search trial's end and never asks it again."""
     records = {"a": {"status": "completed"}, "b": {}, "c": {}}
-    assert lost_trials(records, ["c"]) == ["b"]
-    assert lost_trials(records, ["a", "b", "c"]) == []
+    assert lost_trials(records, ["c"], "design") == ["a", "b"] and lost_trials(records, ["c"], "confirm") == ["a", "b"]
+    assert lost_trials(records, ["c"], "search") == ["b"]
+    assert lost_trials(records, ["a", "b", "c"], "design") == []

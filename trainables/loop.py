@@ -56,8 +56,12 @@ def _seeded(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 def _generators(config: TrialConfig, rank: int, device: torch.device, *fresh: int) -> dict:
     """Each rank's random streams: batch indices (CPU), and the loss's noise and transform draws, made on the
-    device so no per-step noise crosses from the host. `fresh` parts start new streams after a resume."""
-    return {"batch": _seeded(config.seed, rank, 1, *fresh), "loss": _seeded(config.seed, rank, 2, *fresh, device=device)}
+    device so no per-step noise crosses from the host. `fresh` parts start new streams after a resume. Dropout
+    draws from the device's default generator (seeded with the network's init): it is checkpointed with the
+    others, so a resumed trial continues bit for bit as if never stopped."""
+    dropout = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else torch.default_generator
+    return {"batch": _seeded(config.seed, rank, 1, *fresh), "loss": _seeded(config.seed, rank, 2, *fresh, device=device),
+            "dropout": dropout}
 
 
 class Evaluator:
@@ -295,7 +299,8 @@ def resume(run: TrialRun, session, log=print) -> None:
     rng = saved.get("rng", {})
     if rng.get("world_size") == run.world:
         for name, gen in run.generators.items():
-            gen.set_state(rng[name][run.rank].cpu())
+            if name in rng:  # a checkpoint written before dropout's stream was kept lacks it
+                gen.set_state(rng[name][run.rank].cpu())
     else:  # a different worker count: fresh, still deterministic streams
         run.generators = _generators(run.config, run.rank, trainer.device, state.step)
     session.truncate_metrics(state.kimg)
@@ -339,7 +344,12 @@ def eval_point(run: TrialRun, session, clock: StepClock, final: bool, first: boo
     if first:  # wall-clock time of this process's first step: the driver derives start-up cost from it
         metrics["first_step_at"] = clock.first_step_at
     started = time.perf_counter()
-    measured, grid = _evaluate(run.evaluator, run.trainer.ema, final or ev.fid_at == "every", run.rank, run.world)
+    # Evaluation leaves the global random state as it found it: building a feature network at its first use (once
+    # per process) draws its init from it, which would shift the dropout stream of training, and so a trial's
+    # metrics would depend on whether its process was fresh or reused, or on the eval schedule.
+    device = run.trainer.device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        measured, grid = _evaluate(run.evaluator, run.trainer.ema, final or ev.fid_at == "every", run.rank, run.world)
     metrics.update(measured)
     metrics["eval_seconds"] = time.perf_counter() - started  # sampling, sample metrics and loss probes
     checkpoint_dir = None

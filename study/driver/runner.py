@@ -79,6 +79,7 @@ def _run_phases(run: StudyRun, log) -> None:
     finally:
         if started_ray:
             ray.shutdown()
+            forward_sigterm()  # and ray.shutdown() left SIGTERM to its default, which kills without a word
 
 
 def _report(run: StudyRun, log) -> None:

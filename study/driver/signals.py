@@ -34,6 +34,22 @@ def forward_sigterm() -> None:
 
 
 @contextmanager
+def tune_handlers_removed_after():
+    """Around a Tune run: Tune installs SIGINT and SIGUSR1 handlers that end *its* loop and leaves them installed
+    when it returns, so a Ctrl-C (or SIGTERM) during the report or between phases would set a flag nobody reads.
+    The handlers from before come back once the run returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
 def sigterm_as_sigint():
     """While the study runs, SIGTERM stops it as SIGINT does; the handler before is put back after."""
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from study.driver.signals import tune_handlers_removed_after
 from study.driver.study_run import StudyRun
 from study.driver.trainable import trains_in_trial_process, trial_resources
 from study.phases.specs import PhaseSpec
@@ -22,7 +23,8 @@ def run_phase(run: StudyRun, spec: PhaseSpec, trainable, concurrency: int) -> No
     MlflowTrialCallback.resume_parent = run.tracking.parent
     tracker = phase_callback(run.tracking.parent, config, run.output, spec.phase)
     callbacks = [tracker, ProgressCallback.for_study(config, spec, tracker.ledger.path)]
-    _tuner(run, spec, trainable, callbacks, concurrency).fit()
+    with tune_handlers_removed_after():
+        _tuner(run, spec, trainable, callbacks, concurrency).fit()
     records = load_records(run.output, spec.phase)
     if not spec.ended(records):
         ended = sum("status" in r for r in records.values())

@@ -79,7 +79,7 @@ class MlflowTrialCallback(Callback):
         """At a Tune run's first step its restored trials are all there: a record none of them holds is lost."""
         if not self.lost_checked:
             self.lost_checked = True
-            close_lost_trials(self.ledger, self.queue, (trial.trial_id for trial in trials))
+            close_lost_trials(self.ledger, self.queue, (trial.trial_id for trial in trials), self.phase)
 
     def _open(self, trial) -> None:
         """On first sight of a trial: its record, and its run created (or queued, during an outage) with its params."""

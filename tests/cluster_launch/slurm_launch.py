@@ -192,6 +192,9 @@ class SlurmLaunch(TimedSteps):
             "SelectTypeParameters": "CR_Core", "JobAcctGatherType": "jobacct_gather/none", "MpiDefault": "none",
             "AccountingStorageType": "accounting_storage/none", "ReturnToService": 2,
             "SchedulerParameters": "sched_interval=2",  # a requeued job starts within seconds once eligible
+            # scancel's SIGTERM, then SIGKILL after this: as long as the driver's stop grace (docs/cluster.md), so a
+            # driver saving Tune's state on a loaded machine is not killed mid-save
+            "KillWait": 90,
             "NodeName": f"localhost NodeAddr=127.0.0.1 CPUs={len(os.sched_getaffinity(0))} RealMemory={memory}",
             "PartitionName": "debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
         }
@@ -336,10 +339,18 @@ class SlurmLaunch(TimedSteps):
         self.note(f"restart 1 resumed the study; {ended} of {self.planned} trials ended")
 
     def cancel(self) -> None:
+        """scancel: SIGTERM to every process of the job at once, the driver included (and again from the batch
+        script): the driver saves Tune's state and exits 130 with the --resume line (study/driver/signals.py)."""
         self.run(["scancel", self.job_id])
         self.wait_state(self.job_id, ("CANCELLED",), 120)
         self.check_nothing_left(self.job_id)
-        self.note(f"cancelled with {self.ended_trials()} of {self.planned} trials ended")
+        log = self.job_log(self.job_id)
+        expected = ("got SIGTERM", "interrupted; continue with: python study/run.py --resume", "driver exited 130")
+        missing = [line for line in expected if line not in log.rsplit("(restart 1)", 1)[-1]]
+        if missing:
+            raise LaunchError(f"after scancel the job log lacks {missing}: {log[-3000:]}")
+        self.note(f"cancelled with {self.ended_trials()} of {self.planned} trials ended; the driver got SIGTERM, "
+                  "saved and exited 130")
 
     def resubmit(self) -> None:
         job = self.submit()
