@@ -125,3 +125,28 @@ def test_mixed_sizes_or_modes_need_a_resolution(tmp_path):
         warnings.simplefilter("error")  # nothing skipped, nothing to warn about
         dataset = load_image_folder(str(folder), 8)
     assert dataset.train.shape[1:] == (3, 8, 8) and len(dataset.train) + len(dataset.test) == 14
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["design.min_images=1500", "design.max_images=null"],
+     "error: design.min_images 1500 leaves no larger size in the training pool of 1438 images of digits; set it below 1438"),
+    (["design.min_images=1438", "design.max_images=null"],
+     "error: design.min_images 1438 leaves no larger size in the training pool of 1438 images of digits; set it below 1438"),
+    (["design.max_images=1500"], "error: design.max_images 1500 exceeds the training pool of 1438 images of digits; "
+                                 "set it to at most 1438, or leave it unset for the whole pool"),
+], ids=["min_above_pool", "min_at_pool", "max_above_pool"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-start"])
+def test_a_design_size_range_the_pool_cannot_hold_fails_in_one_line_before_ray_starts(tmp_path, sets, expected, dry_run):
+    output = tmp_path / "out"
+    args = [sys.executable, "study/run.py", "--output", str(output), *sum((["--set", s] for s in sets), [])]
+    result = subprocess.run(args + (["--dry-run"] if dry_run else []), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [expected], result.stderr[-600:]
+    assert not output.exists()
+
+
+def test_a_design_may_start_one_image_below_the_pool():
+    from study.config import load_study_config
+    from study.phases.adaptive import size_range, size_range_problem
+
+    config = load_study_config(None, ["design.min_images=1437", "design.max_images=null"])
+    assert size_range(config) == (1437, 1438) and size_range_problem(config) is None
