@@ -8,7 +8,6 @@ stops at the first problem; `--dry-run` lists them all.
 
 from __future__ import annotations
 
-from trainables.catalog import fixed_pool
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError, set_by_path
 from trainables.data import DatasetError
@@ -40,17 +39,16 @@ def study_problems(config: StudyConfig, on_this_machine: bool) -> list[Exception
             named = ConfigError(f"{origin + ': ' if origin else ''}trial.{err}") if isinstance(err, ConfigError) else err
             found.setdefault(str(err), named)
     data_found = not any(isinstance(err, DatasetError) for err in found.values())
-    sizes = design_size_problem(config, on_this_machine) if data_found else None
+    sizes = design_size_problem(config) if data_found else None
     return list(found.values()) + ([sizes] if sizes else [])
 
 
-def design_size_problem(config: StudyConfig, on_this_machine: bool) -> Exception | None:
-    """The design's size range against the training pool, where the pool can be counted: a fixed dataset's, or
-    the data of this machine (a cluster's image folder is the workers')."""
+def design_size_problem(config: StudyConfig) -> Exception | None:
+    """An adaptive design's size range against the training pool (with the data found: its count means something)."""
+    if config.design is None:
+        return None
     from study.phases.adaptive import size_range_problem  # imports Tune: only for a design
 
-    if config.design is None or not (on_this_machine or fixed_pool(config.trial.dataset) is not None):
-        return None
     return size_range_problem(config)
 
 

@@ -54,9 +54,12 @@ def size_range(config: StudyConfig) -> tuple[int, int]:
 
 def size_range_problem(config: StudyConfig) -> DatasetError | None:
     """A size range the training pool cannot hold, found before anything starts (a design placing sizes it lacks
-    fails at its first trial): max_images above the pool, or min_images leaving no larger size to place."""
+    fails at its first trial): max_images above the pool, or min_images leaving no larger size to place. An image
+    folder this machine does not see (a cluster's workers hold it) has no pool to count here."""
     low, high = size_range(config)
     pool = pool_size(config.trial.dataset, config.trial.data_path)
+    if pool <= 0:
+        return None
     if high > pool:
         return DatasetError(f"design.max_images {high} exceeds the training pool of {pool} images of "
                             f"{config.trial.dataset}; set it to at most {pool}, or leave it unset for the whole pool")
