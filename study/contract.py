@@ -40,6 +40,9 @@ def study_phases(kind: str) -> tuple[Phase, ...]:
     return PHASE_ORDER[kind]
 
 
+STATE_FILE = "study_state.json"  # the phase a study reached (driver/state.py writes it, the report reads it)
+
+
 class Role(StrEnum):
     """A trial's role; an ablation's (and confirm.arms') roles are its arm names."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def browse_hint(tracking_uri: str) -> str:
     """How to look at the runs: a tracking server is opened in a browser (from elsewhere through an SSH tunnel to
-    its host); a local store is served by `mlflow ui`."""
+    its host); a local store is served by `mlflow ui`, its URI quoted so that the line pastes into a shell."""
     if tracking_uri.startswith(("http://", "https://")):
         from urllib.parse import urlparse
 
@@ -35,7 +36,7 @@ def browse_hint(tracking_uri: str) -> str:
         port = server.port or (443 if server.scheme == "https" else 80)
         return (f"a browser at {tracking_uri} (from another machine through an SSH tunnel: "
                 f"ssh -N -L {port}:{server.hostname}:{port} <user>@<head>, then {server.scheme}://127.0.0.1:{port})")
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
 
 
 def error_line(err: Exception) -> str:

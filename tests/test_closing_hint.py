@@ -18,3 +18,11 @@ def test_a_tracking_server_is_opened_in_a_browser_or_through_a_tunnel(uri, tunne
     hint = browse_hint(uri)
     assert hint.startswith(f"a browser at {uri} ") and tunnel in hint and hint.endswith(f"then {local})")
     assert "mlflow ui" not in hint
+
+
+def test_a_store_path_with_spaces_is_quoted_so_the_line_pastes_into_a_shell():
+    import shlex
+
+    uri = "sqlite:////work/my studies/demo 'one'/mlflow.db"
+    hint = browse_hint(uri)
+    assert shlex.split(hint) == ["mlflow", "ui", "--backend-store-uri", uri]

@@ -122,3 +122,47 @@ def test_the_heartbeat_renews_and_a_lease_taken_over_is_never_removed(tmp_path):
 
         assert _poll(lambda: lease.lost is not None or take_over()) and lease.lost.host == "elsewhere"
     assert Holder.read(path).token == "theirs"  # not ours to remove
+
+
+def _holder_fields(**changes) -> dict:
+    now = time.time()
+    return {"host": "elsewhere", "pid": 4242, "started": now - 3600, "heartbeat": now, "token": "theirs", **changes}
+
+
+@pytest.mark.parametrize("content, problem", [
+    (json.dumps(_holder_fields(pid="abc")), 'pid is "abc", not an integer'),
+    (json.dumps(_holder_fields(heartbeat="soon")), 'heartbeat is "soon", not a finite number'),
+    (json.dumps(_holder_fields(started=True)), "started is true, not a finite number"),
+    (json.dumps(_holder_fields(host=7)), "host is 7, not a string"),
+    (json.dumps(_holder_fields(heartbeat=float("nan"))), "heartbeat is NaN, not a finite number"),
+    (json.dumps({k: v for k, v in _holder_fields(owner="me").items() if k != "token"}), "fields missing: token; unknown: owner"),
+    (json.dumps([1, 2]), "holds [1, 2], not a JSON object"),
+    ("{not json", "not JSON"),
+], ids=["pid", "heartbeat", "bool", "host", "nan", "fields", "list", "torn"])
+def test_a_malformed_lease_is_refused_in_one_line_naming_the_problem_and_the_way_out(tmp_path, content, problem):
+    """Refused while fresh (its file's modification time stands for the heartbeat), taken over once stale."""
+    path = tmp_path / LEASE_FILE
+    path.write_text(content)
+    with pytest.raises(StudyLocked) as refused:
+        StudyLease(tmp_path, ttl_s=30).acquire()
+    message = str(refused.value)
+    assert "\n" not in message and f"a driver that left an unusable lease ({problem}), written " in message
+    assert message.endswith(f"if no driver runs on this folder, remove {path})")
+    assert path.read_text() == content
+    os.utime(path, (time.time() - 31, time.time() - 31))
+    notes = []
+    with StudyLease(tmp_path, ttl_s=30, log=notes.append) as lease:
+        assert Holder.read(path).token == lease.token and problem in notes[0]
+
+
+def test_a_heartbeat_beyond_the_ttl_in_the_future_is_stale(tmp_path):
+    """Within the TTL either side of now a heartbeat is live (hosts keep their clocks that close); further in the
+    future it is a wrong clock or a forged file, and the lease is taken over instead of held for as long as it says."""
+    _lease(tmp_path, "elsewhere", heartbeat_age=-20)
+    with pytest.raises(StudyLocked, match=r"heartbeat \d+ s in the future; .*remove "):
+        StudyLease(tmp_path, ttl_s=30).acquire()
+    _lease(tmp_path, "elsewhere", heartbeat_age=-365 * 86400)
+    notes = []
+    with StudyLease(tmp_path, ttl_s=30, log=notes.append) as lease:
+        assert Holder.read(tmp_path / LEASE_FILE).token == lease.token
+    assert "the driver on elsewhere (pid 4242)" in notes[0] and "in the future" in notes[0]

@@ -125,3 +125,58 @@ def test_mixed_sizes_or_modes_need_a_resolution(tmp_path):
         warnings.simplefilter("error")  # nothing skipped, nothing to warn about
         dataset = load_image_folder(str(folder), 8)
     assert dataset.train.shape[1:] == (3, 8, 8) and len(dataset.train) + len(dataset.test) == 14
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["design.min_images=1500", "design.max_images=null"],
+     "error: design.min_images 1500 leaves no larger size in the training pool of 1438 images of digits; set it below 1438"),
+    (["design.min_images=1438", "design.max_images=null"],
+     "error: design.min_images 1438 leaves no larger size in the training pool of 1438 images of digits; set it below 1438"),
+    (["design.max_images=1500"], "error: design.max_images 1500 exceeds the training pool of 1438 images of digits; "
+                                 "set it to at most 1438, or leave it unset for the whole pool"),
+], ids=["min_above_pool", "min_at_pool", "max_above_pool"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-start"])
+def test_a_design_size_range_the_pool_cannot_hold_fails_in_one_line_before_ray_starts(tmp_path, sets, expected, dry_run):
+    output = tmp_path / "out"
+    args = [sys.executable, "study/run.py", "--output", str(output), *sum((["--set", s] for s in sets), [])]
+    result = subprocess.run(args + (["--dry-run"] if dry_run else []), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [expected], result.stderr[-600:]
+    assert not output.exists()
+
+
+def test_a_design_may_start_one_image_below_the_pool():
+    from study.config import load_study_config
+    from study.phases.adaptive import size_range, size_range_problem
+
+    config = load_study_config(None, ["design.min_images=1437", "design.max_images=null"])
+    assert size_range(config) == (1437, 1438) and size_range_problem(config) is None
+
+
+@pytest.mark.parametrize("side, declared", [(14000, "more than 178,956,970 pixels"), (10000, "10000x10000 pixels"),
+                                            (8200, "8200x8200 pixels")], ids=["pil_error", "pil_warning", "over_the_limit"])
+def test_a_decompression_bomb_is_refused_naming_it_or_skipped_and_counted(tmp_path, side, declared):
+    """A PNG of one flat colour compresses to a few KB whatever its size (14000x14000: about 23 KB); decoded, it
+    would take gigabytes. Past PIL's own limit it raises, past half of it warns, above 8192x8192 ours refuses it."""
+    folder = _folder(tmp_path / "images")
+    Image.new("1", (side, side)).save(folder / "bomb.png")
+    assert (folder / "bomb.png").stat().st_size < 100_000
+    refusal = (f"{folder / 'bomb.png'} cannot be read as an image ({declared}, over the 8192x8192 (67,108,864) pixels "
+               "allowed for a dataset image); remove it, or set skip_unreadable: true to skip such files")
+    for load in (lambda: dataset_shape("image_folder", str(folder)), lambda: load_image_folder(str(folder), 8)):
+        with pytest.raises(DatasetError) as caught:
+            load()
+        assert str(caught.value) == refusal
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\) of 13") as caught:
+        dataset = load_image_folder(str(folder), None, skip_unreadable=True)
+    assert len(dataset.train) + len(dataset.test) == 12
+    assert not [w for w in caught if "DecompressionBomb" in w.category.__name__]
+
+
+def test_a_decompression_bomb_fails_the_cli_in_one_line(tmp_path):
+    folder = _folder(tmp_path / "images")
+    Image.new("1", (14000, 14000)).save(folder / "bomb.png")
+    args = [sys.executable, "study/run.py", "--dry-run", "--output", str(tmp_path / "out"), "--set", "trial.dataset=image_folder",
+            "--set", f"trial.data_path={folder}"]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    [line] = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and line.startswith(f"error: {folder / 'bomb.png'} cannot be read as an image (more than")

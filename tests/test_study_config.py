@@ -177,3 +177,39 @@ def test_one_trial_per_regime_runs_each_regimes_baseline(tmp_path):
     handed = [searcher.suggest("t0"), searcher.suggest("t1")]
     assert sorted(s["regime"] for s in handed) == ["r0.5", "r1"] and all(s["role"] == "baseline" for s in handed)
     assert searcher.suggest("t2") == searcher.FINISHED
+
+
+def _alias_bomb(levels=9):
+    """A billion laughs in one line: nine nested aliases of nine references each expand to 9**9 items."""
+    parts, previous = ["&a [1,1,1,1,1,1,1,1,1]"], "a"
+    for name in "bcdefghi"[:levels - 1]:
+        parts.append(f"&{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+        previous = name
+    return "[" + ",".join(parts) + "]"
+
+
+@pytest.mark.parametrize("key", ["name", "design.min_images", "trial.score_augment.transforms"])
+def test_a_yaml_alias_in_a_set_value_is_refused_in_one_line(tmp_path, key):
+    result = _run("--set", f"{key}={_alias_bomb()}", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"config error: --set {key}: YAML anchors and aliases (&name, *name) are not accepted in a --set value; write the value out"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_value_in_a_config_file_is_shown_shortened(tmp_path):
+    """Aliases are plain YAML in a file; the error line shows the value they expand to, bounded."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"name: {_alias_bomb()}\n")
+    result = _run("--config", str(path), "--output", str(tmp_path / "out"))
+    [line] = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and line.startswith("config error: name: Input should be a valid string (got [[1, 1,")
+    assert len(line) < 300 and line.endswith("...)")
+
+
+def test_an_unknown_key_under_an_optional_section_lists_the_keys_allowed_there():
+    for overrides in (["design.bogus=1"], ["design={bogus: 1}"]):
+        with pytest.raises(ConfigError) as caught:
+            load_study_config(None, overrides)
+        assert str(caught.value) == ("design.bogus: unknown key; allowed here: kind, max_images, max_kimg, max_trials, "
+                                     "min_images, saturation, searched_arm, seed_offset, slope, slots, target_log_width")

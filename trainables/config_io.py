@@ -3,6 +3,8 @@ as one line per problem that names the key path and what is allowed there."""
 
 from __future__ import annotations
 
+import reprlib
+import typing
 from typing import Any
 
 import yaml
@@ -26,11 +28,15 @@ def set_by_path(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`key.path=value` with the value read as YAML, so lists, numbers and booleans work."""
+    """`key.path=value` with the value read as YAML, so lists, numbers and booleans work. Anchors and aliases are
+    refused: a one-line value never needs them, and a few nested aliases (a "billion laughs") expand to billions."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key.path=value")
     try:
+        if any(isinstance(token, (yaml.AliasToken, yaml.AnchorToken)) for token in yaml.scan(raw, Loader=yaml.SafeLoader)):
+            raise ConfigError(f"--set {key.strip()}: YAML anchors and aliases (&name, *name) are not accepted in a "
+                              "--set value; write the value out")
         return key.strip(), yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
@@ -59,15 +65,32 @@ def load_yaml(path: str) -> dict:
     return data
 
 
+def _config_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds, also where it is optional (`DesignConfig | None`)."""
+    for candidate in typing.get_args(annotation) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _allowed_keys(model_cls: type[BaseModel], path: tuple) -> list[str]:
     cls = model_cls
     for key in path:
-        field = cls.model_fields.get(str(key))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        cls = _config_model(getattr(cls.model_fields.get(str(key)), "annotation", None))
+        if cls is None:
             return []
-        cls = annotation
     return sorted(cls.model_fields)
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxstring, _SHOWN.maxother = 3, 8, 8, 80, 80
+MAX_SHOWN = 200
+
+
+def shown_value(value: Any) -> str:
+    """A given value for an error line, bounded: in full, a huge value (YAML aliases expand) takes minutes to print."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 def describe_validation_error(err: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> str:
@@ -78,11 +101,11 @@ def describe_validation_error(err: ValidationError, model_cls: type[BaseModel], 
         key = prefix + ".".join(str(p) for p in loc)
         if problem["type"] == "extra_forbidden":
             allowed = _allowed_keys(model_cls, loc[:-1])
-            lines.append(f"{key}: unknown key; allowed here: {', '.join(allowed)}")
+            lines.append(f"{key}: unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else ""))
             continue
         message = problem["msg"].removeprefix("Value error, ")
         given = problem.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        shown = "" if isinstance(given, dict) else f" (got {shown_value(given)})"
         lines.append(f"{key or '(config)'}: {message}{shown}")
     return "; ".join(lines)
 

@@ -11,6 +11,7 @@ import os
 import warnings
 import pickle
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,12 +190,40 @@ class UnreadableImage(DatasetError):
     """A file in an image folder that does not decode."""
 
 
+# Far above any dataset image (FFHQ is 1024x1024) and below PIL's own bomb warning (89 Mpixel): a larger image is
+# taken for a decompression bomb, a small file that decodes to gigabytes, and counts as unreadable.
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+
+
+class OversizedImage(ValueError):
+    """An image whose header declares more pixels than MAX_IMAGE_PIXELS."""
+
+
+@contextmanager
+def _open_image(file: Path):
+    """PIL's lazy Image.open (the header only), refusing an oversized image before a pixel is decoded."""
+    from PIL import Image
+
+    limit = f"over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} ({MAX_IMAGE_PIXELS:,}) pixels allowed for a dataset image"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by the smaller limit
+        try:
+            img = Image.open(file)
+        except Image.DecompressionBombError:
+            raise OversizedImage(f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, {limit}") from None
+    with img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise OversizedImage(f"{img.width}x{img.height} pixels, {limit}")
+        yield img
+
+
 def _decode(file: Path, size: int) -> np.ndarray:
     """One image as uint8 [3, size, size], center-cropped and resized (a no-op at its own square size)."""
     from PIL import Image
 
     try:
-        with Image.open(file) as img:
+        with _open_image(file) as img:
             img = img.convert("RGB")
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
@@ -313,12 +342,10 @@ def dataset_shape(name: str, path: str | None = None, resolution: int | None = N
         return FIXED_SHAPES[name]
     if name == "synthetic":
         return DatasetShape(3, resolution or DATASETS["synthetic"].default_resolution)
-    from PIL import Image
-
     headers, unreadable = [], []
     for file in image_files(path):
         try:
-            with Image.open(file) as img:
+            with _open_image(file) as img:
                 headers.append((file, img.size, img.mode))
         except (OSError, ValueError) as err:
             if not skip_unreadable:

@@ -7,13 +7,16 @@ has no hard links, by an exclusive create). A heartbeat thread renews it (a whol
 holder alone removes it, checked by a random token. A lease whose heartbeat is older than the TTL (60 s, or
 SCOREAUG_LEASE_TTL_S) is stale and taken over, and at once when its holder ran on this host and its process is
 gone. A refused driver only reads: it changes nothing in the folder. Heartbeats are compared with this host's
-clock, so hosts sharing a folder need clocks within the TTL of each other (NTP is far closer).
+clock, so hosts sharing a folder need clocks within the TTL of each other (NTP is far closer); a heartbeat more
+than the TTL in the future is stale too. A lease file that is not the five fields of a lease (written by hand,
+caught mid-write) is dated by its modification time. Every refusal names the way out by hand: remove the file.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
 import sys
@@ -35,36 +38,69 @@ class StudyLocked(RuntimeError):
 
 @dataclass(frozen=True)
 class Holder:
-    """What a lease file says: who holds it, since when, and when it last said it was alive."""
+    """What a lease file says: who holds it, since when, and when it last said it was alive. `problem`: why the
+    file says nothing usable (it is then dated by its modification time), "" for a valid lease."""
 
     host: str
     pid: int
     started: float
     heartbeat: float
     token: str
+    problem: str = ""
 
     @classmethod
     def read(cls, path: Path) -> Holder | None:
-        """The lease's holder, or None without a lease. An unreadable one (an exclusive create caught before its
-        content) counts as written at its file's modification time by an unknown holder."""
+        """The lease's holder, or None without a lease. An unreadable or malformed one (an exclusive create caught
+        before its content, a file written by hand) counts as written at its modification time by an unknown holder."""
         try:
             text, modified = path.read_text(), path.stat().st_mtime
         except FileNotFoundError:
             return None
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError):
-            return cls("an unknown host", 0, modified, modified, "")
+            fields = json.loads(text)
+            problem = _fields_problem(fields)
+        except ValueError:
+            problem = "not JSON"
+        return cls("an unknown host", 0, modified, modified, "", problem) if problem else cls(**fields)
+
+    def fields(self) -> dict:
+        """The lease file's content."""
+        return {name: value for name, value in asdict(self).items() if name in LEASE_FIELDS}
 
     def live(self, ttl_s: float) -> bool:
+        """Renewed within the TTL, either side of now: a heartbeat further in the future is a wrong clock or a
+        forged file, not a driver (hosts sharing a folder keep their clocks within the TTL of each other)."""
         if self.host == socket.gethostname() and self.pid > 0 and not _pid_running(self.pid):
             return False
-        return time.time() - self.heartbeat <= ttl_s
+        return abs(time.time() - self.heartbeat) <= ttl_s
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         age = time.time() - self.heartbeat
-        return f"the driver on {self.host} (pid {self.pid}) since {since}, heartbeat {age:.0f} s ago"
+        when = f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future"
+        if self.problem:
+            return f"a driver that left an unusable lease ({self.problem}), written {when}"
+        return f"the driver on {self.host} (pid {self.pid}) since {since}, heartbeat {when}"
+
+
+LEASE_FIELDS = {"host": str, "pid": int, "started": float, "heartbeat": float, "token": str}
+KIND_WORDS = {str: "a string", int: "an integer", float: "a finite number"}
+
+
+def _fields_problem(fields) -> str:
+    """What is wrong with a lease file's parsed content, "" if nothing."""
+    if not isinstance(fields, dict):
+        return f"holds {json.dumps(fields)[:40]}, not a JSON object"
+    missing, extra = sorted(LEASE_FIELDS.keys() - fields.keys()), sorted(fields.keys() - LEASE_FIELDS.keys())
+    if missing or extra:
+        return f"fields missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}"
+    for name, kind in LEASE_FIELDS.items():
+        value = fields[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = (number and math.isfinite(value)) if kind is float else (isinstance(value, kind) and not isinstance(value, bool))
+        if not fits:
+            return f"{name} is {json.dumps(value)[:40]}, not {KIND_WORDS[kind]}"
+    return ""
 
 
 def _pid_running(pid: int) -> bool:
@@ -123,10 +159,10 @@ class StudyLease:
         who = holder.describe() if holder else "another driver"
         return (f"study folder {self.output} is in use by {who}; stop that driver (or wait for it) and "
                 f"run again with --resume, or choose another --output (a lease without a heartbeat for "
-                f"{self.ttl_s:.0f} s is taken over)")
+                f"{self.ttl_s:.0f} s is taken over; if no driver runs on this folder, remove {self.path})")
 
     def _content(self) -> str:
-        return json.dumps(asdict(Holder(socket.gethostname(), os.getpid(), self.started, time.time(), self.token)))
+        return json.dumps(Holder(socket.gethostname(), os.getpid(), self.started, time.time(), self.token).fields())
 
     def _temporary(self) -> Path:
         """This driver's next lease content, complete, beside the lease (same file system, for link and rename)."""

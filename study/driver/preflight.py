@@ -1,7 +1,8 @@
 """The study's checks before Ray starts: every distinct trial config it will launch, checked once on the driver.
 
 Distinct configs are the base trial crossed with the capacity axis and the ablation arms; searched values
-stay inside ranges the trial config validates. The dataset is checked once for all of them. A real start
+stay inside ranges the trial config validates. The dataset is checked once for all of them, and an adaptive
+design's size range against its training pool. A real start
 stops at the first problem; `--dry-run` lists them all.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError, set_by_path
+from trainables.data import DatasetError
 from trainables.preflight import trial_problems
 
 from study.config import StudyConfig
@@ -36,7 +38,18 @@ def study_problems(config: StudyConfig, on_this_machine: bool) -> list[Exception
         for err in problems:  # one problem shared by every variant (missing weights, say) is listed once
             named = ConfigError(f"{origin + ': ' if origin else ''}trial.{err}") if isinstance(err, ConfigError) else err
             found.setdefault(str(err), named)
-    return list(found.values())
+    data_found = not any(isinstance(err, DatasetError) for err in found.values())
+    sizes = design_size_problem(config) if data_found else None
+    return list(found.values()) + ([sizes] if sizes else [])
+
+
+def design_size_problem(config: StudyConfig) -> Exception | None:
+    """An adaptive design's size range against the training pool (with the data found: its count means something)."""
+    if config.design is None:
+        return None
+    from study.phases.adaptive import size_range_problem  # imports Tune: only for a design
+
+    return size_range_problem(config)
 
 
 def check_study(config: StudyConfig, on_this_machine: bool) -> None:

@@ -13,10 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from study.config import StudyConfig
-from study.contract import study_phases
+from study.contract import STATE_FILE, study_phases
 from trainables.files import write_text_atomic
-
-STATE_FILE = "study_state.json"
 
 
 class StudyError(RuntimeError):

@@ -25,7 +25,7 @@ from study.stats import memorization_model as model
 from study.stats.running_max import RunningMax
 from study.stats.design import Design, Placement, State, StoppingRule, next_round, stop_reason
 from trainables.catalog import DATASETS
-from trainables.data import pool_size
+from trainables.data import DatasetError, pool_size
 
 Capacity = tuple[str, object] | None
 # An arm whose trials all fail (they diverge, say) tells nothing about memorization: after this many failures and
@@ -52,7 +52,24 @@ def size_range(config: StudyConfig) -> tuple[int, int]:
     image of each of n classes, in the dataset's seeded class order (trainables/data.py, regime_indices)."""
     design, pool = config.design, pool_size(config.trial.dataset, config.trial.data_path)
     low = design.min_images or DATASETS[config.trial.dataset].classes or 2
-    return low, min(design.max_images or pool, pool)
+    return low, design.max_images or pool
+
+
+def size_range_problem(config: StudyConfig) -> DatasetError | None:
+    """A size range the training pool cannot hold, found before anything starts (a design placing sizes it lacks
+    fails at its first trial): max_images above the pool, or min_images leaving no larger size to place. An image
+    folder this machine does not see (a cluster's workers hold it) has no pool to count here."""
+    low, high = size_range(config)
+    pool = pool_size(config.trial.dataset, config.trial.data_path)
+    if pool <= 0:
+        return None
+    if high > pool:
+        return DatasetError(f"design.max_images {high} exceeds the training pool of {pool} images of "
+                            f"{config.trial.dataset}; set it to at most {pool}, or leave it unset for the whole pool")
+    if low >= pool:
+        return DatasetError(f"design.min_images {low} leaves no larger size in the training pool of {pool} images of "
+                            f"{config.trial.dataset}; set it below {pool}")
+    return None
 
 
 def design_plan(config: StudyConfig, concurrency: int, best: dict | None = None) -> DesignPlan:

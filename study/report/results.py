@@ -17,13 +17,14 @@ import pyarrow.parquet as pq
 
 from study.config import StudyConfig, optuna_url
 from study.faults import FaultPoint, fault_point
-from study.contract import COMPARED_METRICS, REPORTED_METRICS, TRIAL_PHASES, UNFINISHED, Phase, Role, Status, status_counts
+from study.contract import (COMPARED_METRICS, REPORTED_METRICS, STATE_FILE, TRIAL_PHASES, UNFINISHED, Phase, Role, Status,
+                            status_counts, study_phases)
 from study.phases.suggestion import Suggestion
 from study.report.cost import cost_markdown
 from study.report.formatting import MISSING, spread
 from study.stats.scaling import curve_statistics
 from study.stats.seeds import mean_and_spread, regimes_in_order
-from study.tracking.ledger import load_records
+from study.tracking.ledger import LOG_NAME, load_records, records_file
 
 # A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
 FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_seconds"))
@@ -234,14 +235,39 @@ class StudyReport:
     round_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # an adaptive design's, by round
 
 
+def incomplete_note(output: Path, records: list[dict]) -> str | None:
+    """Why these results are not a finished study's, or None: its state is still in a trial phase (interrupted,
+    or still running), or a trial has no end. The report says so first, so a partial answer is never read as final."""
+    state = output / STATE_FILE
+    phase = json.loads(state.read_text()).get("phase") if state.is_file() else None
+    open_trials = sum(1 for record in records if "status" not in record)
+    reasons = ([f"it stopped in its {phase} phase"] if phase in TRIAL_PHASES else []) + \
+        ([f"{open_trials} of {len(records)} trials have no end ({UNFINISHED})"] if open_trials else [])
+    if not reasons:
+        return None
+    return (f"Incomplete study: {' and '.join(reasons)}; these results cover only what ran. "
+            "Finish it with `python study/run.py --resume` (same config), then report again.")
+
+
 def write_report(config: StudyConfig, output: Path) -> StudyReport:
-    """Write results.parquet and the report (report/summary.md, or report/ablation.md for an ablation)."""
+    """Write results.parquet and the report (report/summary.md, or report/ablation.md for an ablation); an
+    unfinished study's report and headline say first that it is incomplete."""
+    records = _records(output)
+    report = _write_results_and_report(config, output, records)
+    note = incomplete_note(output, records)
+    if note:
+        markdown = output / "report" / ("ablation.md" if config.ablation else "summary.md")
+        markdown.write_text(f"**{note}**\n\n" + markdown.read_text())
+        report.headline.insert(0, note)
+    return report
+
+
+def _write_results_and_report(config: StudyConfig, output: Path, records: list[dict]) -> StudyReport:
     from study.report.figures import loss_gap_curves_figure, size_figures
     from study.report.headline import headline_lines
     from study.report.scaling import write_scaling_report
     from trainables.data import pool_size
 
-    records = _records(output)
     rows = results_rows(config, records, pool_size(config.trial.dataset, config.trial.data_path))
     pq.write_table(_table(rows), output / "results.parquet")
     fault_point(FaultPoint.REPORT_WRITING)
@@ -295,19 +321,44 @@ def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, 
     return [output / "results.parquet", report / "ablation.parquet", report / "ablation.md", *arms_figure(summary, report)]
 
 
+def ledger_problem(config: StudyConfig, output: Path) -> str | None:
+    """Why the ledgers cannot give this folder's results, or None: there is none, or results.parquet holds trials of
+    a phase whose ledger is gone. Rewritten from them, the results would lose those trials."""
+    phases = [phase for phase in study_phases(config.kind) if phase in TRIAL_PHASES]
+    kept = {phase for phase in phases if records_file(output, phase).exists()}
+    results = output / "results.parquet"
+    reported = set(pq.read_table(results, columns=["phase"]).column("phase").to_pylist()) if results.is_file() else set()
+    missing = sorted((reported - kept) if kept else set(phases))
+    if not missing:
+        return None
+    names = ", ".join(LOG_NAME.format(phase=phase) for phase in missing)
+    return (f"{output} lacks the trial ledger {names}: nothing to rebuild "
+            f"{'its trials' if kept else 'results'} from; results.parquet and report/ are left as they are")
+
+
 def main(argv=None) -> int:
     """`python -m study.report STUDY_FOLDER`: rewrite a finished study's results.parquet and report from its ledger
     with this code, e.g. to give an older study the statistics added since. MLflow is not touched."""
     import argparse
+    import sys
 
-    from study.config import load_study_config
+    from study.config import ConfigError, load_study_config
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path, help="the study's output folder (holds study_config.yaml and trials_*.json)")
+    parser.add_argument("study", type=Path, help="the study's output folder (holds study_config.yaml and trials_*.jsonl)")
     args = parser.parse_args(argv)
     if not (args.study / "study_config.yaml").is_file():
         parser.error(f"{args.study} holds no study_config.yaml: not a study's output folder")
-    report = write_report(load_study_config(str(args.study / "study_config.yaml")), args.study)
+    try:
+        config = load_study_config(str(args.study / "study_config.yaml"))
+    except ConfigError as err:
+        print(f"config error: {args.study / 'study_config.yaml'}: {err}", file=sys.stderr)
+        return 2
+    problem = ledger_problem(config, args.study)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    report = write_report(config, args.study)
     print("\n".join(report.headline))
     return 0
 
