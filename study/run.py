@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     from study.driver.lease import StudyLocked
     from study.driver.plan import PlanError
     from study.driver.runner import PhaseInterrupted, StudyError
+    from study.driver.signals import INTERRUPTED_EXIT, RESUME_LINE
     from study.tracking.mlflow_runs import TrackingError
     from trainables.data import DatasetError
 
@@ -65,8 +66,8 @@ def main(argv=None) -> int:
     except (ConfigError, PlanError, StudyError, StudyLocked, TrackingError, DatasetError) as err:
         print(error_line(err), file=sys.stderr)
     except (KeyboardInterrupt, PhaseInterrupted):
-        print("interrupted; continue with: python study/run.py --resume (same config)", file=sys.stderr)
-        return 130
+        print(RESUME_LINE, file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 2
 
 

@@ -6,13 +6,36 @@ the first SIGTERM is handed to whatever handles SIGINT at that moment: inside a 
 which ends the run after saving its state; elsewhere it raises KeyboardInterrupt, which run.py turns into exit 130.
 Later SIGTERMs are ignored: `scancel` signals every process of the job and the batch script passes the signal on,
 so the driver may get it twice, and a second SIGINT would skip Tune's save.
+
+A SIGTERM also starts a clock: a driver that has not exited `SCOREAUG_STOP_GRACE_S` (60) seconds later says how to
+resume and exits 130 at once. `scancel` stops Ray's own processes too, and a driver whose Ray is gone would wait a
+minute for it and then die with exit 1; what Tune could not save, the resumed study re-runs (tracking/lost.py).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
+
+RESUME_LINE = "interrupted; continue with: python study/run.py --resume (same config)"
+STOP_GRACE_ENV = "SCOREAUG_STOP_GRACE_S"
+DEFAULT_STOP_GRACE_S = 60.0
+INTERRUPTED_EXIT = 130
+
+
+def _give_up() -> None:
+    """The stop took longer than its grace (Ray gone under the driver, say): the resume line, then exit 130."""
+    print(RESUME_LINE, file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED_EXIT)
+
+
+def _start_stop_clock() -> None:
+    clock = threading.Timer(float(os.environ.get(STOP_GRACE_ENV, DEFAULT_STOP_GRACE_S)), _give_up)
+    clock.daemon = True
+    clock.start()
 
 
 def forward_sigterm() -> None:
@@ -25,6 +48,7 @@ def forward_sigterm() -> None:
         if received:
             return
         received.append(signum)
+        _start_stop_clock()
         handler = signal.getsignal(signal.SIGINT)
         if not callable(handler):  # SIG_IGN or SIG_DFL: nothing of ours handles SIGINT, so stop as Ctrl-C does
             raise KeyboardInterrupt

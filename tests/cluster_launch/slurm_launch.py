@@ -192,9 +192,6 @@ class SlurmLaunch(TimedSteps):
             "SelectTypeParameters": "CR_Core", "JobAcctGatherType": "jobacct_gather/none", "MpiDefault": "none",
             "AccountingStorageType": "accounting_storage/none", "ReturnToService": 2,
             "SchedulerParameters": "sched_interval=2",  # a requeued job starts within seconds once eligible
-            # scancel's SIGTERM, then SIGKILL after this: as long as the driver's stop grace (docs/cluster.md), so a
-            # driver saving Tune's state on a loaded machine is not killed mid-save
-            "KillWait": 90,
             "NodeName": f"localhost NodeAddr=127.0.0.1 CPUs={len(os.sched_getaffinity(0))} RealMemory={memory}",
             "PartitionName": "debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
         }
@@ -349,8 +346,8 @@ class SlurmLaunch(TimedSteps):
         missing = [line for line in expected if line not in log.rsplit("(restart 1)", 1)[-1]]
         if missing:
             raise LaunchError(f"after scancel the job log lacks {missing}: {log[-3000:]}")
-        self.note(f"cancelled with {self.ended_trials()} of {self.planned} trials ended; the driver got SIGTERM, "
-                  "saved and exited 130")
+        self.note(f"cancelled with {self.ended_trials()} of {self.planned} trials ended; the driver got SIGTERM and "
+                  "exited 130 with the --resume line")
 
     def resubmit(self) -> None:
         job = self.submit()
