@@ -8,9 +8,9 @@ a trial's end is also fsync'd, so a host crash loses at most the events since th
 are rebuilt by replaying the lines; a line torn by a killed driver is ignored, and the next driver starts a new
 line after it.
 
-A trial the ledger opened but Tune never saved (the driver was killed between the two) is *lost*: a `lost` line
+A trial the ledger holds but Tune never saved (the driver was killed between the two) is *lost*: a `lost` line
 moves its record out of the phase's records into `Ledger.lost`, so nothing that reads the records (the phase's end,
-the design's replay, the results, the failure count) waits on or counts a trial no one will finish; its searcher,
+the design's replay, the results, the failure count) waits on it or counts it beside its re-run; its searcher,
 restored from Tune's state, places it again under a new id (tracking/lost.py decides which records are lost).
 
 Study folders from before the log hold one JSON dict (`trials_<phase>.json`, or `mlflow_runs_<phase>.json` for
