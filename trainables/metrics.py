@@ -41,6 +41,7 @@ class DenoisingProbe:
         return total / (len(self.sigmas) * self.images.shape[0])
 
 
+COPY_RATIO = 1.0 / 3.0  # a copy: nearest training image closer than this times the second nearest
 NEAREST_CHUNK = 1024  # samples per distance block: 1,024 x 50,000 float32 distances are 200 MB
 
 
@@ -69,14 +70,14 @@ class CopyTest(NamedTuple):
     nearest: torch.Tensor  # [N] index of the nearest training image
 
 
-def copy_test(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = 1.0 / 3.0) -> CopyTest:
+def copy_test(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = COPY_RATIO) -> CopyTest:
     """Each sample's distance ratio and verdict; needs at least two training images."""
     found = nearest_training_images(samples, training_images, k=2)
     first, second = found.values[:, 0], found.values[:, 1]
     return CopyTest(first / second, first < ratio * second, found.indices[:, 0])
 
 
-def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = 1.0 / 3.0) -> float:
+def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = COPY_RATIO) -> float:
     """Fraction of samples whose nearest training image is closer than `ratio` times the second nearest (pixel L2)."""
     if training_images.shape[0] < 2:
         return float("nan")

@@ -49,7 +49,7 @@ def _memorization_args(sub) -> None:
     p.add_argument("--fraction", type=float, help="with --dataset: the regime's fraction of the training pool")
     p.add_argument("--subset-seed", type=int, default=0, help="with --dataset: the study's subset seed (default 0)")
     p.add_argument("--data-path", help="the dataset's files (cifar10, image_folder)")
-    p.add_argument("--ratio", type=float, default=1.0 / 3.0, help="copy when nearest < RATIO x second-nearest (default 1/3)")
+    p.add_argument("--ratio", type=float, help="copy when nearest < RATIO x second-nearest (default 1/3, the study's)")
     p.add_argument("--num", type=int, help="audit the first NUM samples (default: all)")
     p.add_argument("--json", help="write the report (overall, per class, per sample) to this file")
     p.add_argument("--figure", help="write samples beside their nearest training images, labelled, to this PNG")
@@ -98,7 +98,7 @@ def _run_memorization(args) -> str:
     classes = report.get("memorization_class", {})
     per_class = "; per class " + ", ".join(f"{k}: {v['memorization']:.3f}" for k, v in classes.items()) if classes else ""
     return (f"memorization {report['memorization']:.4f}: {report['copies']} of {report['num_samples']} samples copy "
-            f"{report['training_set']} (ratio < {args.ratio:.3g}){per_class}")
+            f"{report['training_set']} (ratio < {report['ratio_threshold']:.3g}){per_class}")
 
 
 def main(argv=None) -> int:

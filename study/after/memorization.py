@@ -15,7 +15,6 @@ from pathlib import Path
 
 from study.after.sources import open_model
 
-RATIO = 1.0 / 3.0
 FIGURE_PAIRS = 32
 
 
@@ -48,11 +47,12 @@ def _regime_of(config) -> tuple:
     return dataset.train[regime], labels, f"{len(regime)} of {dataset.name}'s {len(dataset.train)} training images (subset seed {config.subset_seed})"
 
 
-def audit(samples_path: Path, train: dict, ratio: float = RATIO, limit: int | None = None) -> tuple[dict, dict]:
+def audit(samples_path: Path, train: dict, ratio: float | None = None, limit: int | None = None) -> tuple[dict, dict]:
     """(report, pictures): the JSON-ready report, and what the figure needs (samples, partners, ratios, copied)."""
-    from trainables.metrics import copy_test
+    from trainables.metrics import COPY_RATIO, copy_test
     from trainables.sample_files import read_images
 
+    ratio = COPY_RATIO if ratio is None else ratio
     samples, names = read_images(samples_path, limit)
     images, labels, described = training_set(train)
     if len(images) < 2:
