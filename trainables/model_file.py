@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, load_refusal
 from trainables.config import TrialConfig
 from trainables.config_io import ConfigError, validate
 from trainables.files import atomic_path, write_text_atomic
@@ -78,22 +78,14 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         return load_checkpoint(path.parent)
     except CheckpointError as err:
-        raise ModelFileError(_refusal(path, err)) from None
-
-
-def _refusal(path: Path, err: Exception) -> str:
-    """One line: pickled objects are refused as such, anything else as unreadable."""
-    text = str(err)
-    if "weights_only" in text or "Unsupported global" in text or "UnpicklingError" in text:
-        return f"{path} holds pickled Python objects, not tensors only; refused (loading it would run code)"
-    return text.splitlines()[0] if isinstance(err, CheckpointError) else f"{path} is unreadable ({type(err).__name__})"
+        raise ModelFileError(str(err).splitlines()[0].removesuffix("; delete it to restart from the previous one")) from None
 
 
 def _weights_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated, foreign or pickled files
-        raise ModelFileError(_refusal(path, err)) from None
+        raise ModelFileError(load_refusal(path, err).splitlines()[0]) from None
     return _tensors_only(state, path)
 
 

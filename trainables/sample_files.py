@@ -95,7 +95,7 @@ def read_images(path: str | Path, limit: int | None = None) -> tuple[torch.Tenso
             array = data[key][:limit]
         if array.dtype != np.uint8 or array.ndim != 4:
             raise SampleFilesError(f"{path}: {key} must be uint8 [N, H, W, C], got {array.dtype} {array.shape}")
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), [f"{path.name}[{i}]" for i in range(len(array))]
+        return _channels_first(array), [f"{path.name}[{i}]" for i in range(len(array))]
     if not path.is_dir():
         raise SampleFilesError(f"{path} is neither a folder of images nor an .npz file")
     files = image_paths(path)[:limit]
@@ -118,4 +118,12 @@ def _decoded(files: list[Path]) -> torch.Tensor:
         elif array.shape != first[1]:
             raise SampleFilesError(f"{file} is {array.shape}, {first[0]} is {first[1]}: the images must share one shape")
         out[i] = array
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return _channels_first(out)
+
+
+def _channels_first(array: np.ndarray) -> torch.Tensor:
+    """[N, H, W, C] -> [N, C, H, W] in plain contiguous strides, as the sampler makes them: torch's (and numpy's)
+    contiguous copies keep odd strides on a size-1 channel axis, and a convolution then takes another path
+    (features, and FID, then differ from the trial's in the 8th digit)."""
+    permuted = torch.from_numpy(array).permute(0, 3, 1, 2)
+    return torch.empty(permuted.shape, dtype=permuted.dtype).copy_(permuted)

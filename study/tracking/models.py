@@ -99,14 +99,30 @@ def is_mlflow_uri(source: str) -> bool:
 
 
 def download_model(source: str, tracking_uri: str, destination: Path) -> Path:
-    """The folder holding model.pt and model.json of a `runs:/<run_id>[/model]` or `models:/<name>@<alias>` URI."""
+    """The folder holding model.pt and model.json of a `runs:/<run_id>[/model]` or `models:/<name>@<alias>`
+    (or `models:/<name>/<version>`) URI, read from the store at `tracking_uri` (the registry too)."""
     import mlflow
 
-    uri = source
-    if source.startswith("runs:/") and source.rstrip("/").count("/") == 1:
-        uri = f"{source.rstrip('/')}/{MODEL_ARTIFACT}"  # a run: its model folder
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, dst_path=str(destination)))
+        uri = _registered_source(source, tracking_uri) if source.startswith("models:/") else source
+        if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
+            uri = f"{uri.rstrip('/')}/{MODEL_ARTIFACT}"  # a run: its model folder
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, dst_path=str(destination)))
     except Exception as err:
         raise ModelSourceError(f"{source} at {tracking_uri}: {str(err).splitlines()[0][:200]}") from None
-    return local
+
+
+def _registered_source(source: str, tracking_uri: str) -> str:
+    """The artifact URI a registered model's version points to (MLflow's own models:/ resolution would read the
+    default registry, not the store named here)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    reference = source.removeprefix("models:/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).source
+    name, _, version = reference.partition("/")
+    if not version.isdigit():
+        raise ModelSourceError(f"{source}: write models:/<name>@<alias> or models:/<name>/<version>")
+    return client.get_model_version(name, version).source
