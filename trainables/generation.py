@@ -7,6 +7,7 @@ Seeds are written as EDM's generate.py takes them ("0-49999", "0-9,60"); each se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -54,3 +55,16 @@ def sample_batches(net, seeds: Sequence[int], shape: tuple[int, ...], num_steps:
         part = seeds[start : start + batch]
         latents = seeded_latents(part, shape, device)
         yield part, to_uint8(heun_sample(net, latents, num_steps, diffusion))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` (a trial's runtime.threads) for the block, then restored: on a
+    shared, oversubscribed 2-core machine two spinning threads sampled 18 img/s where one sampled 116 (measured once)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -23,6 +23,7 @@ def _generate_args(sub) -> None:
     weights.add_argument("--raw", dest="weights", action="store_const", const="raw", help="raw weights (a trial's checkpoint only)")
     p.add_argument("--batch", type=int, help="images per sampler batch (default 256, the trial's: the same batch, the same bits)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the trial's runtime.threads)")
     p.add_argument("--tracking-uri", help="the MLflow store of a runs:/ or models:/ model (default $MLFLOW_TRACKING_URI)")
 
 
@@ -70,7 +71,8 @@ def _run_generate(args) -> str:
 
     seeds = parse_seeds(args.seeds)
     done = generate(args.model, Path(args.outdir), seeds, args.steps, args.subdirs,
-                    {"weights": args.weights or "ema", "batch": args.batch, "device": args.device, "tracking_uri": args.tracking_uri})
+                    {"weights": args.weights or "ema", "batch": args.batch, "device": args.device, "threads": args.threads,
+                     "tracking_uri": args.tracking_uri})
     model = done.model
     return (f"{done.written} images written to {done.outdir} in {done.seconds:.1f} s ({done.skipped} already there); "
             f"{model.config.dataset} model, {model.weights} weights at kimg {model.kimg:g}, "

@@ -26,9 +26,9 @@ class Generated:
 def generate(source: str, outdir: Path, seeds: list[int], steps: int | None = None, subdirs: bool = False,
              options: dict | None = None) -> Generated:
     """Write the model's image for every seed not yet in `outdir`. options: weights ("ema"/"raw"), batch,
-    device, tracking_uri, progress (bool)."""
+    device, threads (default: the trial's runtime.threads), tracking_uri, progress (bool)."""
     from trainables import sample_files
-    from trainables.generation import SAMPLE_BATCH, sample_batches
+    from trainables.generation import SAMPLE_BATCH, sample_batches, torch_threads
     from trainables.session import auto_device
 
     options = options or {}
@@ -38,7 +38,8 @@ def generate(source: str, outdir: Path, seeds: list[int], steps: int | None = No
     started = time.perf_counter()
     batches = sample_batches(model.net, todo, model.shape, steps or model.config.eval.sampler_steps,
                              model.config.diffusion, device, options.get("batch") or SAMPLE_BATCH)
-    with _progress(len(seeds), len(seeds) - len(todo), options.get("progress", True)) as bar:
+    threads = options.get("threads") or model.config.runtime.threads
+    with torch_threads(threads), _progress(len(seeds), len(seeds) - len(todo), options.get("progress", True)) as bar:
         for part, images in batches:
             sample_files.write_batch(outdir, part, images, subdirs)
             bar.update(len(part))

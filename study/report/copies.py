@@ -98,7 +98,7 @@ def _panel(kept: KeptModel, models_dir: Path):
     """The model's first PAIRS eval samples beside their nearest images of its own regime."""
     from study.report.figures.copies import CopyPanel
     from trainables.data import load_dataset
-    from trainables.generation import sample_batches, trial_seeds
+    from trainables.generation import sample_batches, torch_threads, trial_seeds
     from trainables.loop import trial_regime
     from trainables.metrics import COPY_RATIO, copy_test
     from trainables.model_file import load_model
@@ -108,7 +108,8 @@ def _panel(kept: KeptModel, models_dir: Path):
     dataset = load_dataset(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
     regime_images = dataset.train[trial_regime(config, dataset)]
     seeds = trial_seeds(config.eval.seed, PAIRS)
-    samples = next(sample_batches(model.net, seeds, model.shape, config.eval.sampler_steps, config.diffusion))[1]
+    with torch_threads(config.runtime.threads):
+        samples = next(sample_batches(model.net, seeds, model.shape, config.eval.sampler_steps, config.diffusion))[1]
     found = copy_test(samples, regime_images, COPY_RATIO)
     title = f"{kept.arm} at N = {kept.images} ({kept.alias.replace('-', ' ')}): {int(found.copied.sum())} of {PAIRS} copy"
     return CopyPanel(title, samples, regime_images[found.nearest], found.ratios.tolist(), found.copied.tolist())

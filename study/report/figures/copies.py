@@ -1,5 +1,9 @@
 """Samples beside their nearest training images, each pair labelled with its distance ratio and whether the
-study's criterion calls it a copy: memorization seen sample by sample, not only counted."""
+study's criterion calls it a copy: memorization seen sample by sample, not only counted.
+
+Each panel is one picture (the pairs tiled into one array, a label band above each row), so a figure of a few
+hundred pairs draws in well under a second.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from study.report.figures.base import pyplot, save
 
 COPY_COLOR, NOVEL_COLOR = "C3", "0.25"
+WIDTH_INCHES = 10.0
 
 
 @dataclass
@@ -23,37 +28,45 @@ class CopyPanel:
     copied: list[bool]
 
 
-def _pair(sample, partner):
-    """One sample and its nearest training image side by side, as an [H, 2W + 1, C] array with a gap between."""
+def _tiled(panel: CopyPanel, columns: int):
+    """(RGB canvas, label band height, cell size): pairs left to right, a white band for labels above each row."""
     import numpy as np
 
-    left, right = (t.permute(1, 2, 0).cpu().numpy() for t in (sample, partner))
-    gap = np.full((left.shape[0], 1, left.shape[2]), 255, dtype=left.dtype)
-    return np.concatenate([left, gap, right], axis=1)
+    samples, partners = (t.permute(0, 2, 3, 1).cpu().numpy() for t in (panel.samples, panel.partners))
+    n, h, w, c = samples.shape
+    band, gap = max(4, w // 4 + 2), max(1, w // 8)
+    cell_w, cell_h = 2 * w + 3 * gap, h + band + gap
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * cell_h + gap, columns * cell_w, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        top, left = (i // columns) * cell_h + band, (i % columns) * cell_w + gap
+        for k, image in enumerate((samples[i], partners[i])):
+            x = left + k * (w + gap)
+            canvas[top : top + h, x : x + w] = image if c == 3 else image.repeat(3, axis=-1)
+    return canvas, band, (cell_w, cell_h)
 
 
-def _draw(axes, panel: CopyPanel) -> None:
-    for ax, sample, partner, ratio, copied in zip(axes, panel.samples, panel.partners, panel.ratios, panel.copied):
-        picture = _pair(sample, partner)
-        ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(f"{'copy' if copied else 'novel'} {ratio:.2f}", fontsize=7, color=COPY_COLOR if copied else NOVEL_COLOR, pad=2)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_frame_on(False)
+def _draw(ax, panel: CopyPanel, columns: int) -> None:
+    canvas, band, (cell_w, cell_h) = _tiled(panel, columns)
+    ax.imshow(canvas, interpolation="nearest")
+    for i, (ratio, copied) in enumerate(zip(panel.ratios, panel.copied)):
+        x, y = (i % columns + 0.5) * cell_w, (i // columns) * cell_h + band / 2
+        ax.text(x, y, f"{'copy' if copied else 'novel'} {ratio:.2f}", ha="center", va="center", fontsize=7,
+                color=COPY_COLOR if copied else NOVEL_COLOR)
+    ax.set_title(panel.title, fontsize=9)
+    ax.set_axis_off()
 
 
 def copies_figure(panels: list[CopyPanel], path: Path, ratio: float, columns: int = 8) -> Path:
     """Each panel's pairs in rows of `columns` (left: sample, right: nearest training image by pixel L2), one panel
-    under the other; a pair is titled with nearest/second-nearest distance and called a copy below `ratio`."""
-    rows = [math.ceil(len(p.ratios) / columns) for p in panels]
-    fig = pyplot().figure(layout="constrained", figsize=(1.1 * columns, 0.75 * sum(rows) + 0.45 * len(panels) + 0.5))
-    subfigs = fig.subfigures(len(panels), 1, height_ratios=[r + 0.6 for r in rows], squeeze=False)[:, 0]
-    for subfig, panel, count in zip(subfigs, panels, rows):
-        axes = subfig.subplots(count, columns, squeeze=False).flatten()
-        _draw(axes, panel)
-        subfig.suptitle(panel.title, fontsize=9)
-    fig.supxlabel(f"each pair: generated sample | nearest training image; copy: nearest < {ratio:.3g} x second-nearest (pixel L2)",
-                  fontsize=8)
+    under the other; a pair is labelled with nearest/second-nearest distance and called a copy below `ratio`."""
+    shapes = [_tiled(p, columns)[0].shape for p in panels]
+    heights = [WIDTH_INCHES * s[0] / s[1] + 0.35 for s in shapes]
+    fig, axes = pyplot().subplots(len(panels), 1, figsize=(WIDTH_INCHES, sum(heights) + 0.4), squeeze=False,
+                                  gridspec_kw={"height_ratios": heights}, layout="constrained")
+    for ax, panel in zip(axes[:, 0], panels):
+        _draw(ax, panel, columns)
+    fig.supxlabel(f"each pair: generated sample | nearest training image; copy: nearest < {ratio:.3g} x second-nearest "
+                  "(pixel L2)", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save(fig, path)
