@@ -93,10 +93,10 @@ def _report(run: StudyRun, log) -> None:
                          f"failed ({str(err).splitlines()[0][:200]}); run again with --resume to attach them") from None
     run.state["phase"] = Phase.DONE
     run.save_state()
-    for line in report.headline:
-        log(line)
     if registered:
         log(f"models in MLflow: {', '.join(registered)} (python -m study.after generate --model <one> ...)")
+    for line in report.headline:
+        log(line)
 
 
 def study_failures(output: Path) -> FailureSummary:
