@@ -15,10 +15,10 @@ import torch.distributed as dist
 from trainables.checkpoint import NEAREST_GRID, NEAREST_PAIRS, NEAREST_PAIRS_PER_ROW, SAMPLE_GRID, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset, load_dataset, regime_indices, regime_size, to_signed
+from trainables.generation import sample_batches, trial_seeds
 from trainables.loss import ScoreAugLoss, build_trial_denoiser
 from trainables.metrics import DenoisingProbe, beside_nearest, memorization, save_grid
 from trainables.networks import count_parameters
-from trainables.generation import sample_batches, trial_seeds
 
 
 class TrainingDiverged(RuntimeError):
