@@ -78,6 +78,13 @@ def test_a_design_interrupted_mid_way_resumes_and_reports(ray_session, tmp_path)
     assert len(design["placements"]) == len(records) and [row["kimg"] for row in design["by_kimg"]] == [0.128, 0.256, 0.512]
     assert (output / "report" / "design.png").exists() and (output / "report" / "n50_kimg.png").exists()
     assert "## The adaptive design" in (output / "report" / "summary.md").read_text()
+    # Every ended trial's final EMA weights are its run's model/ (across the resume too), and each arm's kept models
+    # are registered with their aliases; the report shows their copies.
+    assert all([a.path for a in client.list_artifacts(r.info.run_id, "model")] == ["model/model.json", "model/model.pt"] for r in runs)
+    registered = {m.name: set(m.aliases) for m in client.search_registered_models()}
+    assert set(registered) == {"design-baseline", "design-scoreaug_fixed", "design-best"}
+    assert all({"smallest", "largest"} <= aliases for aliases in registered.values())
+    assert (output / "report" / "copies.png").exists() and "](copies.png)" in (output / "report" / "summary.md").read_text()
 
 
 @pytest.mark.slow

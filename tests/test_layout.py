@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # study/'s rooms from the ground up; a room may import its own floor and those below it.
-FLOORS = {"config": 0, "contract": 0, "faults": 0, "stats": 1, "phases": 2, "tracking": 3, "report": 4, "driver": 5, "run": 6}
+FLOORS = {"config": 0, "contract": 0, "faults": 0, "stats": 1, "phases": 2, "tracking": 3, "report": 4, "driver": 5, "run": 6,
+          "after": 6}
 
 
 def _modules(package: str) -> dict[str, ast.Module]:

@@ -256,6 +256,9 @@ def test_scaling_study_end_to_end(ray_session, tmp_path, capfd):
     assert ("memorization_onset_kimg" in run.data.metrics) != (run.data.tags.get("memorization_onset") == "not reached")
     assert run.data.params["regime_images"] == run.data.tags["images"] == str(row["images_in_regime"])
     assert [a.path for a in client.list_artifacts(row["mlflow_run_id"], "nearest")]
+    assert [a.path for a in client.list_artifacts(row["mlflow_run_id"], "model")] == ["model/model.json", "model/model.pt"]
+    registered = {m.name: set(m.aliases) for m in client.search_registered_models()}  # each cell's confirmed models
+    assert registered == {f"scaling-{arm}-n{n}": {"confirmed"} for arm in ("baseline", "best") for n in (8, 32)}
     parent = client.get_run(json.loads((output / "study_state.json").read_text())["parent_run_id"])
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{n}" for n in ("scaling.png", "curves.png", "pareto.png", "nearest.png", "scaling.json")} <= report_files

@@ -27,6 +27,16 @@ def save_checkpoint(state: dict, directory: Path) -> Path:
     return final
 
 
+def load_refusal(path: Path, err: Exception) -> str:
+    """Why torch's weights-only loader refused `path`, in one line: a pickled Python object (a class, a function:
+    loading it would run code) is named as such; anything else is unreadable."""
+    text = str(err)
+    detail = text.split("WeightsUnpickler error:", 1)[-1].strip()  # torch's reason, after its long preamble
+    if detail.startswith("Unsupported global"):
+        return f"{path} holds pickled Python objects, not tensors only; refused (loading it would run code)"
+    return f"{path} is unreadable ({type(err).__name__}: {' '.join(detail.split())[:120]})"
+
+
 def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> dict:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
@@ -34,7 +44,7 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:120]}); delete it to restart from the previous one") from None
+        raise CheckpointError(f"checkpoint {load_refusal(path, err)}; delete it to restart from the previous one") from None
     missing = {"net", "ema", "optimizer", "nimg", "config"} - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}; it was not written by this trainer")

@@ -14,11 +14,11 @@ import torch.distributed as dist
 
 from trainables.checkpoint import NEAREST_GRID, NEAREST_PAIRS, NEAREST_PAIRS_PER_ROW, SAMPLE_GRID, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.data import ImageDataset, load_dataset, regime_indices, regime_size, to_signed, to_uint8
+from trainables.data import ImageDataset, load_dataset, regime_indices, regime_size, to_signed
+from trainables.generation import sample_batches, trial_seeds
 from trainables.loss import ScoreAugLoss, build_trial_denoiser
 from trainables.metrics import DenoisingProbe, beside_nearest, memorization, save_grid
 from trainables.networks import count_parameters
-from trainables.sampler import heun_sample, seeded_latents
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,11 +99,8 @@ class Evaluator:
     def generate(self, net, count: int, rank: int, world: int) -> torch.Tensor:
         """Fixed-seed samples, split across ranks and gathered, so the set does not depend on the worker count."""
         ev = self.config.eval
-        seeds = range(ev.seed * 1_000_000 + rank, ev.seed * 1_000_000 + count, world)
-        mine = []
-        for start in range(0, len(seeds), 256):
-            latents = seeded_latents(seeds[start : start + 256], self.shape, self.device)
-            mine.append(to_uint8(heun_sample(net, latents, ev.sampler_steps, self.config.diffusion)))
+        seeds = trial_seeds(ev.seed, count)[rank::world]
+        mine = [images for _, images in sample_batches(net, seeds, self.shape, ev.sampler_steps, self.config.diffusion, self.device)]
         local = torch.cat(mine) if mine else torch.zeros((0, *self.shape), dtype=torch.uint8, device=self.device)
         if world == 1:
             return local
@@ -149,7 +146,7 @@ def _update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None
         b_ema.copy_(b_net)
 
 
-def _regime(config: TrialConfig, dataset: ImageDataset) -> torch.Tensor:
+def trial_regime(config: TrialConfig, dataset: ImageDataset) -> torch.Tensor:
     """Indices of the trial's training images: nested across sizes, class-balanced where labels exist and asked for."""
     pool = dataset.train.shape[0]
     size = regime_size(pool, config.regime_fraction, config.regime_images)
@@ -277,7 +274,7 @@ def build_run(config: TrialConfig, session) -> TrialRun:
         torch.set_num_threads(config.runtime.threads)
     device, rank, world = session.device, session.rank, session.world_size
     dataset = load_dataset(config.dataset, config.data_path, config.resolution, config.skip_unreadable)
-    regime = _regime(config, dataset)
+    regime = trial_regime(config, dataset)
     torch.manual_seed(config.seed)
     net = build_trial_denoiser(config, dataset.resolution, dataset.channels)
     trainer = Trainer(config, net, device, prepare=session.prepare, world=world)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -40,19 +41,47 @@ class DenoisingProbe:
         return total / (len(self.sigmas) * self.images.shape[0])
 
 
-def nearest_training_images(samples: torch.Tensor, training_images: torch.Tensor, k: int = 1):
-    """Pixel-L2 distances and indices of each sample's k nearest training images, nearest first (torch.topk's pair)."""
-    gen = samples.flatten(1).float()
-    train = training_images.flatten(1).float().to(gen.device)
-    return torch.cdist(gen, train).topk(k, dim=1, largest=False)
+COPY_RATIO = 1.0 / 3.0  # a copy: nearest training image closer than this times the second nearest
+NEAREST_CHUNK = 1024  # samples per distance block: 1,024 x 50,000 float32 distances are 200 MB
 
 
-def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = 1.0 / 3.0) -> float:
+class Nearest(NamedTuple):
+    values: torch.Tensor  # [N, k] pixel-L2 distances, nearest first
+    indices: torch.Tensor  # [N, k] indices into the training images
+
+
+def nearest_training_images(samples: torch.Tensor, training_images: torch.Tensor, k: int = 1, chunk: int = NEAREST_CHUNK) -> Nearest:
+    """Pixel-L2 distances and indices of each sample's k nearest training images, nearest first, a block of
+    samples at a time: 50,000 samples against 50,000 training images never hold a 50,000 x 50,000 matrix."""
+    train = training_images.flatten(1).float().to(samples.device)
+    found = [torch.cdist(part.float(), train).topk(k, dim=1, largest=False) for part in samples.flatten(1).split(chunk)]
+    if not found:
+        empty = torch.zeros((0, k), device=samples.device)
+        return Nearest(empty, empty.long())
+    return Nearest(torch.cat([f.values for f in found]), torch.cat([f.indices for f in found]))
+
+
+class CopyTest(NamedTuple):
+    """The study's copy criterion per sample (Gu et al.'s, as DiffMemorize's mem_ratio.py): a sample is a copy
+    when its nearest training image is closer than `ratio` times the second nearest (pixel L2)."""
+
+    ratios: torch.Tensor  # [N] nearest distance / second-nearest distance
+    copied: torch.Tensor  # [N] bool
+    nearest: torch.Tensor  # [N] index of the nearest training image
+
+
+def copy_test(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = COPY_RATIO) -> CopyTest:
+    """Each sample's distance ratio and verdict; needs at least two training images."""
+    found = nearest_training_images(samples, training_images, k=2)
+    first, second = found.values[:, 0], found.values[:, 1]
+    return CopyTest(first / second, first < ratio * second, found.indices[:, 0])
+
+
+def memorization(samples: torch.Tensor, training_images: torch.Tensor, ratio: float = COPY_RATIO) -> float:
     """Fraction of samples whose nearest training image is closer than `ratio` times the second nearest (pixel L2)."""
     if training_images.shape[0] < 2:
         return float("nan")
-    nearest = nearest_training_images(samples, training_images, k=2).values
-    return float((nearest[:, 0] < ratio * nearest[:, 1]).float().mean().item())
+    return float(copy_test(samples, training_images, ratio).copied.float().mean().item())
 
 
 def beside_nearest(samples: torch.Tensor, training_images: torch.Tensor) -> torch.Tensor:

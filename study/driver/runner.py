@@ -22,6 +22,7 @@ from study.phases.specs import PHASE_BUILDERS
 from study.tracking.callback import phase_callback
 from study.tracking.ledger import load_records, records_file
 from study.tracking.mlflow_runs import open_study_tracking
+from study.tracking.models import register_models
 
 __all__ = ["PhaseInterrupted", "StudyError", "run_study", "study_failures"]
 
@@ -89,11 +90,14 @@ def _report(run: StudyRun, log) -> None:
     report = write_report(run.config, run.output)
     try:
         run.tracking.attach_report(report.artifacts, report.parent_metrics, report.round_metrics)
+        registered = register_models(run.tracking.client, report.models)
     except Exception as err:  # the results are on disk; only their copy in MLflow is missing
         raise StudyError(f"results and report are written to {run.output}, but MLflow at {run.config.tracking_uri} "
                          f"failed ({str(err).splitlines()[0][:200]}); run again with --resume to attach them") from None
     run.state["phase"] = Phase.DONE
     run.save_state()
+    if registered:
+        log(f"models in MLflow: {', '.join(registered)} (python -m study.after generate --model <one> ...)")
     for line in report.headline:
         log(line)
 

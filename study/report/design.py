@@ -15,6 +15,7 @@ from study.config import StudyConfig
 from study.contract import Phase, Role, Status
 from study.phases.cells import capacity_axis, capacity_label, capacity_number, capacity_values
 from study.phases.suggestion import Suggestion
+from study.report.copies import KeptModel, copies_figures, copies_markdown, design_models
 from study.report.formatting import model_interval, number
 from study.report.scaling import metric_name
 from study.stats import design_summary
@@ -31,6 +32,7 @@ class DesignReport:
     artifacts: list[Path] = field(default_factory=list)
     # (round, metrics): the model's N50s and multipliers after each round; the last round's are the final ones
     round_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    kept: list[KeptModel] = field(default_factory=list)  # the models kept per arm and capacity (study/report/copies.py)
 
 
 def design_trials(records: list[dict], samples: int) -> dict[str, list[DesignTrial]]:
@@ -199,4 +201,8 @@ def write_design_report(config: StudyConfig, records: list[dict], folder: Path) 
         report.markdown += "".join(f"![the estimates against capacity]({p.name})\n\n" for p in drawn)
         report.markdown += capacity_markdown(report.summary) + "\n"
     report.markdown = "## The adaptive design\n\n![design](design.png)\n\n![N50 against training time](n50_kimg.png)\n\n" + report.markdown
+    report.kept = design_models(records, report.summary)
+    copies = copies_figures(report.kept, folder.parent / "models", folder)
+    report.artifacts += copies
+    report.markdown += copies_markdown(copies, config.name)
     return report

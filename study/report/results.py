@@ -20,11 +20,13 @@ from study.faults import FaultPoint, fault_point
 from study.contract import (COMPARED_METRICS, REPORTED_METRICS, STATE_FILE, TRIAL_PHASES, UNFINISHED, Phase, Role, Status,
                             status_counts, study_phases)
 from study.phases.suggestion import Suggestion
+from study.report.copies import confirmed_models, model_choices
 from study.report.cost import cost_markdown
 from study.report.formatting import MISSING, spread
 from study.stats.scaling import curve_statistics
 from study.stats.seeds import mean_and_spread, regimes_in_order
 from study.tracking.ledger import LOG_NAME, load_records, records_file
+from study.tracking.models import ModelChoice
 
 # A trial's row: every metric it reports, at its last eval point (kimg and the eval's cost have columns of their own).
 FINAL_METRICS = tuple(m for m in REPORTED_METRICS if m not in ("kimg", "eval_seconds"))
@@ -233,6 +235,7 @@ class StudyReport:
     parent_metrics: dict[str, float]
     headline: list[str]
     round_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # an adaptive design's, by round
+    models: list[ModelChoice] = field(default_factory=list)  # the trained models to register in MLflow
 
 
 def incomplete_note(output: Path, records: list[dict]) -> str | None:
@@ -290,7 +293,8 @@ def _write_results_and_report(config: StudyConfig, output: Path, records: list[d
     artifacts = [output / "results.parquet", report / "summary.parquet", report / "summary.md", report / "importances.json"]
     artifacts += size_figures(summary, report) + loss_gap_curves_figure(first_seed_curves(records), report)
     artifacts += best_configs(config, rows, report)
-    return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, summary))
+    models = model_choices(config.name, confirmed_models(records), output / "models")
+    return StudyReport(artifacts + scaling.artifacts, scaling.parent_metrics, headline_lines(scaling.summary, summary), models=models)
 
 
 def _write_design_report(config: StudyConfig, rows: list[dict], records: list[dict], output: Path) -> StudyReport:
@@ -306,7 +310,8 @@ def _write_design_report(config: StudyConfig, rows: list[dict], records: list[di
         markdown += "\n## Which searched parameters mattered\n\n" + importances_markdown(importances)
     (report / "summary.md").write_text(markdown + "\n" + cost_markdown(rows))
     artifacts = [output / "results.parquet", report / "summary.md", *design.artifacts]
-    return StudyReport(artifacts, {}, design_headline(design.summary), design.round_metrics)
+    return StudyReport(artifacts, {}, design_headline(design.summary), design.round_metrics,
+                       model_choices(config.name, design.kept, output / "models"))
 
 
 def _write_ablation_report(config: StudyConfig, rows: list[dict], output: Path, report: Path, scaling_markdown: str) -> list[Path]:

@@ -21,6 +21,7 @@ from study.phases.suggestion import Suggestion
 from study.tracking.calls import CreateRun, LogArtifact, LogBatch, Terminate
 from study.tracking.ledger import Ledger, records_file
 from study.tracking.lost import close_lost_trials
+from study.tracking.models import TrialModels
 from study.tracking.records import closing_batch, metric_batch, param_batches, run_status, run_tags, trial_params
 from study.tracking.replay import replay_queue
 from study.tracking.run_writer import ParentRun, RunWriter
@@ -54,6 +55,7 @@ class MlflowTrialCallback(Callback):
 
     def __init__(self, parent: ParentRun, ledger_path: Path, phase: str, rules: TrialRules, samples_dir: Path):
         self.phase, self.rules, self.samples_dir = phase, rules, Path(samples_dir)
+        self.models = TrialModels(self.samples_dir.parent / "models")  # each ended trial's model, logged to its run
         self.ledger = Ledger(ledger_path)
         self.writer = RunWriter(parent, phase, self.ledger)
         self._start_queue()
@@ -64,7 +66,7 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state):
         """The ledger on disk is the truth, and what MLflow lacks of it is replayed (the pickled queue is stale)."""
-        self.__dict__.update(state)
+        self.__dict__.update({"models": TrialModels(Path(state["samples_dir"]).parent / "models"), **state})
         if MlflowTrialCallback.resume_parent is not None:
             self.writer = RunWriter(MlflowTrialCallback.resume_parent, self.phase, self.ledger)
         self.ledger.reload()
@@ -109,12 +111,13 @@ class MlflowTrialCallback(Callback):
             self.queue.call(trial.trial_id, LogBatch(metric_batch(result, step)))
         for local, artifact_dir in copy_grids(trial, result, self.samples_dir, step):
             self.queue.call(trial.trial_id, LogArtifact(str(local), artifact_dir))
+        self.models.seen(trial.trial_id, result)
 
     def _finish(self, trial, failed: bool, reason: str = "") -> None:
         self._open(trial)
         record = self.ledger.finish(trial.trial_id, failed, reason, self.rules.total_kimg, self.rules.onset_threshold)
-        self.queue.call(trial.trial_id, LogBatch(closing_batch(record)))
-        self.queue.call(trial.trial_id, Terminate(run_status(record["status"])))
+        for call in [*self.models.calls(trial), LogBatch(closing_batch(record)), Terminate(run_status(record["status"]))]:
+            self.queue.call(trial.trial_id, call)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)
@@ -135,5 +138,5 @@ def _warn_unmade(queue, uri: str, phase: str, ledger_path: Path) -> None:
 
 
 def phase_callback(parent: ParentRun, config: StudyConfig, output: Path, phase: str) -> MlflowTrialCallback:
-    """The callback of one phase of a study, with its ledger and samples folder in the study's output."""
+    """The callback of one phase of a study, with its ledger, samples and models folders in the study's output."""
     return MlflowTrialCallback(parent, records_file(output, phase), phase, TrialRules.of(config), output / "samples")
