@@ -287,17 +287,17 @@ def test_ddp_trial_spans_nodes_and_survives_losing_one(ray_cluster, tmp_path):
     worker_nodes = {node.node_id: node for node in ray_cluster.worker_nodes}
     assert len(worker_nodes) == WORKER_NODES
     seen: dict = {}
+    study_ended = threading.Event()  # the watcher looks until the study ends, however slow a loaded machine is
 
     def remove_a_node_mid_trial():
-        deadline = time.time() + 300
-        while time.time() < deadline and "removed" not in seen:
+        while not study_ended.is_set() and "removed" not in seen:
             placed = _train_workers(state)
             if len(placed) == 2 and _first_report_seen(output):  # trials run one at a time: these are one trial's
                 seen["first_group"] = placed
                 seen["removed"] = sorted(placed.values())[0]
                 ray_cluster.remove_node(worker_nodes[seen["removed"]], allow_graceful=False)
-            time.sleep(0.1)
-        while time.time() < deadline:  # the same trial's next worker group (the next trial waits for this one)
+            time.sleep(0.1)  # polling Ray's state for an event, not waiting a fixed time
+        while not study_ended.is_set() and "removed" in seen:  # the same trial's next worker group
             fresh = {a: n for a, n in _train_workers(state).items() if a not in seen["first_group"]}
             if len(fresh) == 2:
                 seen["second_group"] = fresh
@@ -309,7 +309,8 @@ def test_ddp_trial_spans_nodes_and_survives_losing_one(ray_cluster, tmp_path):
     try:
         run_study(config, log=lambda *_: None)
     finally:
-        watcher.join(timeout=10)
+        study_ended.set()
+        watcher.join(timeout=60)
         while len(ray_cluster.worker_nodes) < WORKER_NODES:  # give the session back its shape
             ray_cluster.add_node(num_cpus=1)
         ray_cluster.wait_for_nodes()
