@@ -38,9 +38,14 @@ def _start_stop_clock() -> None:
     clock.start()
 
 
+def _main_thread() -> bool:
+    """Only the main thread may set signal handlers (a study run from another thread keeps Python's)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def forward_sigterm() -> None:
-    """Install the handler (again: `ray.init` puts its own in place). Only the main thread may set handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    """Install the handler (again: `ray.init` puts its own in place)."""
+    if not _main_thread():
         return
     received = []
 
@@ -62,7 +67,7 @@ def tune_handlers_removed_after():
     """Around a Tune run: Tune installs SIGINT and SIGUSR1 handlers that end *its* loop and leaves them installed
     when it returns, so a Ctrl-C (or SIGTERM) during the report or between phases would set a flag nobody reads.
     The handlers from before come back once the run returns."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
@@ -76,7 +81,7 @@ def tune_handlers_removed_after():
 @contextmanager
 def sigterm_as_sigint():
     """While the study runs, SIGTERM stops it as SIGINT does; the handler before is put back after."""
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     forward_sigterm()
     try:
         yield
